@@ -1,0 +1,305 @@
+"""The splatseg model: splatfacto plus a per-Gaussian segmentation feature.
+
+Glue only. What it adds to `SplatfactoModel`:
+- `gauss_params["seg_features"]`: [N, seg_feature_dim] (coarse = the first `coarse_feature_dim`
+  channels, fine = all of them), so densification, pruning and checkpoints carry it along;
+- two stages in one run: colour and geometry on splatfacto's schedule until
+  `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian);
+- a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.rasterize` on CPU, with
+  no `.cuda()` on the path;
+- LPIPS built on first use, so building the model needs no download.
+The losses live in `core.losses`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Literal, Optional, Type, Union
+
+import torch
+from torch.nn import Parameter
+
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
+
+from splatseg_ns.core.losses import sample_pixels, two_level_contrastive_loss
+from splatseg_ns.torch_compat import allow_numpy_scalars_in_checkpoints
+
+allow_numpy_scalars_in_checkpoints()
+
+
+@dataclass
+class SplatsegModelConfig(SplatfactoModelConfig):
+    """Splatfacto with Click-Gaussian segmentation features (arXiv 2407.11793)."""
+
+    _target: Type = field(default_factory=lambda: SplatsegModel)
+    seg_feature_dim: int = 24
+    """Channels of the per-Gaussian segmentation feature (coarse part + fine rest)."""
+    coarse_feature_dim: int = 12
+    """Leading channels that form the coarse (whole-object) feature; the fine feature is all channels."""
+    feature_stage_start: int = 30000
+    """Step at which colour and geometry freeze and the segmentation features start training.
+    Set it to the colour run's length; steps beyond it (up to --max-num-iterations) train features."""
+    num_sampled_pixels: int = 10000
+    """Pixels sampled per step for the contrastive loss (importance-sampled by mask size)."""
+    margin_coarse: float = 0.5
+    """Cosine margin below which pairs of different coarse masks are no longer pushed apart."""
+    margin_fine: float = 0.75
+    """Cosine margin below which pairs of different fine masks are no longer pushed apart."""
+    contrastive_negative_weight: float = 0.1
+    """Weight of the push (negative) term relative to the pull term."""
+    rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
+    """'auto': gsplat's CUDA kernels on a GPU, the pure-torch rasteriser on CPU."""
+
+
+def world_to_camera(camera_to_world: torch.Tensor) -> torch.Tensor:
+    """[C, 3, 4] nerfstudio (OpenGL) camera-to-world -> [C, 4, 4] OpenCV world-to-camera, as gsplat wants."""
+    R = camera_to_world[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_world.device)
+    T = camera_to_world[:, :3, 3:4]
+    viewmat = torch.zeros(R.shape[0], 4, 4, device=R.device, dtype=R.dtype)
+    viewmat[:, 3, 3] = 1.0
+    viewmat[:, :3, :3] = R.transpose(1, 2)
+    viewmat[:, :3, 3:4] = -R.transpose(1, 2) @ T
+    return viewmat
+
+
+def pick_rasterizer(choice: str, device: torch.device):
+    """gsplat on CUDA, the pure-torch rasteriser otherwise (gsplat has no CPU path)."""
+    if choice == "gsplat" or (choice == "auto" and device.type == "cuda"):
+        from gsplat import rasterization
+
+        return rasterization
+    from splatseg_ns.core.rasterize import rasterize
+
+    return rasterize
+
+
+class LazyLPIPS(torch.nn.Module):
+    """LPIPS that is built on first use; offline (weights not downloadable) it warns once and gives NaN.
+
+    Splatfacto builds LPIPS in `populate_modules`, which downloads AlexNet weights: offline, no
+    model could even be constructed. Only evaluation uses it, so it waits until then.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__()
+        self._kwargs = kwargs
+        self._metric: List[torch.nn.Module] = []  # a list keeps it out of the state dict
+        self._failed = False
+
+    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self._metric and not self._failed:
+            try:
+                self._metric.append(_REAL_LPIPS(**self._kwargs).to(preds.device))
+            except Exception as err:  # offline, or torchvision ops missing
+                self._failed = True
+                warnings.warn(f"LPIPS unavailable ({err}); reporting NaN. Run once online to cache its weights.")
+        if self._failed:
+            return torch.tensor(float("nan"))
+        return self._metric[0](preds, target)
+
+
+_REAL_LPIPS = None
+
+
+@contextlib.contextmanager
+def _lazy_lpips():
+    """Make splatfacto's `populate_modules` build `LazyLPIPS` instead of the real metric."""
+    global _REAL_LPIPS
+    import torchmetrics.image.lpip as lpip_module
+
+    _REAL_LPIPS = _REAL_LPIPS or lpip_module.LearnedPerceptualImagePatchSimilarity
+    lpip_module.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
+    try:
+        yield
+    finally:
+        lpip_module.LearnedPerceptualImagePatchSimilarity = _REAL_LPIPS
+
+
+def init_seg_features(num_points: int, dim: int) -> torch.Tensor:
+    """Random unit-scale features: distinct Gaussians start dissimilar, as contrastive training needs."""
+    return torch.nn.functional.normalize(torch.randn(num_points, dim), dim=-1)
+
+
+class SplatsegModel(SplatfactoModel):
+    """Splatfacto whose Gaussians also carry a two-level segmentation feature."""
+
+    config: SplatsegModelConfig
+
+    def populate_modules(self):
+        if self.config.coarse_feature_dim >= self.config.seg_feature_dim:
+            raise ValueError(
+                f"coarse_feature_dim ({self.config.coarse_feature_dim}) must be smaller than "
+                f"seg_feature_dim ({self.config.seg_feature_dim}): the fine feature extends the coarse one."
+            )
+        seed_colours = None
+        if self.seed_points is not None and not self.config.random_init:
+            # splatfacto moves seed colours with a hard-coded .cuda(); set them here instead.
+            points, seed_colours = self.seed_points
+            self.seed_points = (points, seed_colours[:0])
+        with _lazy_lpips():
+            super().populate_modules()
+        if seed_colours is not None:
+            self.seed_points = (self.seed_points[0], seed_colours)
+            if seed_colours.shape[0] > 0:
+                rgb = seed_colours.float() / 255.0
+                dc = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
+                self.gauss_params["features_dc"] = Parameter(dc)
+                self.gauss_params["features_rest"] = Parameter(torch.zeros_like(self.features_rest))
+        self.gauss_params["seg_features"] = Parameter(init_seg_features(self.num_points, self.config.seg_feature_dim))
+        # Densification must be over before the Gaussians' features start training.
+        self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, self.config.feature_stage_start)
+        self.step = 0
+
+    @property
+    def seg_features(self) -> torch.Tensor:
+        return self.gauss_params["seg_features"]
+
+    @property
+    def in_feature_stage(self) -> bool:
+        return self.step >= self.config.feature_stage_start
+
+    def load_state_dict(self, dict, **kwargs):  # type: ignore
+        # A plain splatfacto checkpoint has no features: start them fresh (feature-only training).
+        if "gauss_params.seg_features" not in dict and "gauss_params.means" in dict:
+            n = dict["gauss_params.means"].shape[0]
+            dict["gauss_params.seg_features"] = init_seg_features(n, self.config.seg_feature_dim)
+        return super().load_state_dict(dict, **kwargs)
+
+    def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
+        groups = super().get_gaussian_param_groups()
+        groups["seg_features"] = [self.gauss_params["seg_features"]]
+        return groups
+
+    def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
+        trainer = training_callback_attributes.trainer
+        if trainer is not None and trainer.config.max_num_iterations <= self.config.feature_stage_start:
+            warnings.warn(
+                f"--max-num-iterations {trainer.config.max_num_iterations} <= feature_stage_start "
+                f"{self.config.feature_stage_start}: the segmentation features will not be trained. Raise "
+                "--max-num-iterations or lower --pipeline.model.feature-stage-start."
+            )
+        return super().get_training_callbacks(training_callback_attributes)
+
+    def step_post_backward(self, step):
+        if not self.in_feature_stage:  # no densification while features train
+            super().step_post_backward(step)
+
+    def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
+        if not isinstance(camera, Cameras):
+            return {}
+        if self.training:
+            assert camera.shape[0] == 1, "Only one camera at a time"
+            camera_to_world = self.camera_optimizer.apply_to_camera(camera)
+        else:
+            camera_to_world = camera.camera_to_worlds
+
+        keep = None
+        if self.crop_box is not None and not self.training:
+            keep = self.crop_box.within(self.means).squeeze()
+            if keep.sum() == 0:
+                return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
+
+        def gaussians(name: str) -> torch.Tensor:
+            param = self.gauss_params[name]
+            return param if keep is None else param[keep]
+
+        scale = self._get_downscale_factor()
+        camera.rescale_output_resolution(1 / scale)
+        viewmat = world_to_camera(camera_to_world)
+        K = camera.get_intrinsics_matrices().to(self.device)
+        W, H = int(camera.width.item()), int(camera.height.item())
+        self.last_size = (H, W)
+        camera.rescale_output_resolution(scale)
+
+        geometry = dict(
+            means=gaussians("means"),
+            quats=gaussians("quats"),
+            scales=torch.exp(gaussians("scales")),
+            opacities=torch.sigmoid(gaussians("opacities")).squeeze(-1),
+            viewmats=viewmat,
+            Ks=K,
+            width=W,
+            height=H,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            sparse_grad=False,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
+        feature_training = self.training and self.in_feature_stage
+        outputs: Dict[str, Union[torch.Tensor, List]] = {}
+        if not feature_training:
+            outputs.update(self._render_rgb(rasterize, geometry, gaussians))
+        if feature_training or not self.training:
+            if feature_training:  # geometry is frozen: no gradient reaches it
+                geometry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}
+            features, _, _ = rasterize(
+                colors=gaussians("seg_features"), render_mode="RGB", sh_degree=None, absgrad=False, **geometry
+            )
+            features = features.squeeze(0)
+            outputs["seg_features"] = features
+            if not self.training:
+                outputs["seg_coarse"] = features[..., : self.config.coarse_feature_dim]
+        return outputs
+
+    def _render_rgb(self, rasterize, geometry, gaussians) -> Dict[str, torch.Tensor]:
+        """Splatfacto's colour render (SH schedule, background, depth), on the chosen rasteriser."""
+        colors = torch.cat((gaussians("features_dc")[:, None, :], gaussians("features_rest")), dim=1)
+        if self.config.sh_degree > 0:
+            sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
+        else:
+            colors = torch.sigmoid(colors).squeeze(1)
+            sh_degree = None
+        render_mode = "RGB+ED" if (self.config.output_depth_during_training or not self.training) else "RGB"
+        render, alpha, self.info = rasterize(
+            colors=colors, render_mode=render_mode, sh_degree=sh_degree, absgrad=self.strategy.absgrad, **geometry
+        )
+        if self.training:
+            self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
+        background = self._get_background_color()
+        rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        depth = None
+        if render_mode == "RGB+ED":
+            depth = torch.where(alpha > 0, render[..., 3:4], render[..., 3:4].detach().max()).squeeze(0)
+        if not self.training:
+            background = background.expand(geometry["height"], geometry["width"], 3)
+        return {"rgb": rgb.squeeze(0), "depth": depth, "accumulation": alpha.squeeze(0), "background": background}
+
+    def get_metrics_dict(self, outputs, batch) -> Dict[str, torch.Tensor]:
+        if "rgb" in outputs:
+            return super().get_metrics_dict(outputs, batch)
+        return {"gaussian_count": self.num_points}
+
+    def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
+        if not (self.training and self.in_feature_stage):
+            return super().get_loss_dict(outputs, batch, metrics_dict)
+        return self.feature_loss_dict(outputs["seg_features"], batch)
+
+    def feature_loss_dict(self, features: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
+        """Contrastive loss on sampled pixels of the rendered feature map [H, W, D]."""
+        H, W = features.shape[:2]
+        coarse = batch["coarse_mask"].to(self.device)
+        fine = batch["fine_mask"].to(self.device)
+        if coarse.shape[:2] != (H, W):  # resolution schedule: follow the render's size
+            coarse, fine = (_resize_nearest(m, H, W) for m in (coarse, fine))
+        index = sample_pixels(coarse, fine, self.config.num_sampled_pixels)
+        flat = features.reshape(-1, features.shape[-1])
+        return two_level_contrastive_loss(
+            flat[index],
+            coarse.reshape(-1)[index],
+            fine.reshape(-1)[index],
+            coarse_dim=self.config.coarse_feature_dim,
+            margin_coarse=self.config.margin_coarse,
+            margin_fine=self.config.margin_fine,
+            negative_weight=self.config.contrastive_negative_weight,
+        )
+
+
+def _resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    resized = torch.nn.functional.interpolate(ids[None, None].float(), size=(height, width), mode="nearest")
+    return resized[0, 0].to(ids.dtype)
