@@ -35,7 +35,33 @@ class DemoData:
         print(f"Train on it with: ns-train splatseg --data {self.output}")
 
 
+@dataclass
+class Demo:
+    """Write the demo scene and train splatseg on it (CPU: a few minutes), then print where the run is."""
+
+    output_dir: Path = Path("outputs")
+    """Where ns-train writes the run (OUTPUT_DIR/demo/splatseg/<timestamp>/)."""
+    data: Path = Path("demo_data/scene")
+    """Where the demo scene is written (kept if it already exists)."""
+    colour_steps: int = 600
+    """Steps that train colour and geometry."""
+    feature_steps: int = 300
+    """Steps that then train the segmentation features."""
+
+    def main(self) -> None:
+        from splatseg_ns.demo import demo_train_args, latest_config, run_ns_train
+
+        if not (self.data / "transforms.json").exists():
+            DemoData(self.data).main()
+        run_ns_train(demo_train_args(self.data, self.output_dir, self.colour_steps, self.feature_steps))
+        config = latest_config(self.output_dir, "demo")
+        print(f"\nDone. The trained run is {config.parent}")
+        print(f"  view it:   ns-viewer --load-config {config}")
+        print(f"  export it: ns-export gaussian-splat --load-config {config} --output-dir exports/")
+
+
 Commands = Union[
+    Annotated[Demo, tyro.conf.subcommand("demo")],
     Annotated[DemoData, tyro.conf.subcommand("demo-data")],
 ]
 
