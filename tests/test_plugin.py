@@ -1,0 +1,160 @@
+"""The nerfstudio glue: registration, config round trip, optimizers, and the feature tensor's bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from splatseg_ns._torchvision_cpu import install
+
+install()
+
+from gsplat.strategy import ops  # noqa: E402
+from nerfstudio.data.scene_box import SceneBox  # noqa: E402
+from nerfstudio.engine.optimizers import Optimizers  # noqa: E402
+
+from splatseg_ns.method_config import splatseg_trainer_config  # noqa: E402
+from splatseg_ns.model import SplatsegModel, SplatsegModelConfig, world_to_camera  # noqa: E402
+
+
+def make_model(num_points: int = 64, **overrides) -> SplatsegModel:
+    generator = torch.Generator().manual_seed(0)
+    points = torch.rand(num_points, 3, generator=generator) * 2 - 1
+    colours = torch.randint(0, 256, (num_points, 3), generator=generator, dtype=torch.uint8)
+    config = SplatsegModelConfig(**overrides)
+    return config.setup(scene_box=SceneBox(aabb=torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=4,
+                        seed_points=(points, colours))
+
+
+def test_registered_as_nerfstudio_method():
+    from nerfstudio.plugins.registry import discover_methods
+
+    methods, descriptions = discover_methods()
+    assert "splatseg" in methods
+    assert methods["splatseg"].pipeline.model._target is SplatsegModel
+    assert "segment" in descriptions["splatseg"].lower()
+
+
+def test_config_yaml_round_trip():
+    config = splatseg_trainer_config()
+    config.pipeline.model.seg_feature_dim = 32
+    loaded = yaml.load(yaml.dump(config), Loader=yaml.Loader)
+    assert loaded == config
+    assert loaded.pipeline.model.seg_feature_dim == 32
+    assert loaded.max_num_iterations > loaded.pipeline.model.feature_stage_start
+
+
+def test_every_param_group_has_an_optimizer():
+    model = make_model()
+    groups = model.get_param_groups()
+    assert "seg_features" in groups
+    optimizers = Optimizers(splatseg_trainer_config().optimizers, groups)  # raises on a missing optimizer
+    assert set(optimizers.optimizers) == set(groups)
+    assert optimizers.config["seg_features"]["optimizer"].lr == pytest.approx(0.01)
+
+
+def test_seed_colours_initialise_the_colour_without_cuda():
+    model = make_model(num_points=16)
+    from nerfstudio.models.splatfacto import SH2RGB
+
+    rgb = SH2RGB(model.features_dc)
+    expected = model.seed_points[1].float() / 255
+    torch.testing.assert_close(rgb, expected, atol=1e-5, rtol=0)
+    assert model.seg_features.shape == (16, 24)
+    assert model.strategy.refine_stop_iter <= model.config.feature_stage_start
+
+
+def test_coarse_dim_must_be_smaller_than_feature_dim():
+    with pytest.raises(ValueError, match="coarse_feature_dim"):
+        make_model(seg_feature_dim=8, coarse_feature_dim=8)
+
+
+def _step_all(model: SplatsegModel, optimizers: Optimizers) -> None:
+    """One optimiser step on every Gaussian parameter, so each has Adam state to carry."""
+    loss = sum(p.sum() for p in model.gauss_params.values())
+    loss.backward()
+    for opt in optimizers.optimizers.values():
+        opt.step()
+        opt.zero_grad()
+
+
+def test_features_follow_duplicate_split_and_prune():
+    model = make_model(num_points=10)
+    optimizers = Optimizers(splatseg_trainer_config().optimizers, model.get_param_groups())
+    _step_all(model, optimizers)
+    opts = optimizers.optimizers
+    state = {}
+    feats = model.seg_features.detach().clone()
+
+    duplicate_mask = torch.zeros(10, dtype=torch.bool)
+    duplicate_mask[[1, 3]] = True
+    ops.duplicate(model.gauss_params, opts, state, duplicate_mask)
+    assert model.seg_features.shape[0] == model.means.shape[0] == 12
+    torch.testing.assert_close(model.seg_features[10:].detach(), feats[[1, 3]])
+    assert opts["seg_features"].state[model.seg_features]["exp_avg"].shape == (12, 24)
+
+    split_mask = torch.zeros(12, dtype=torch.bool)
+    split_mask[0] = True
+    ops.split(model.gauss_params, opts, state, split_mask)
+    assert model.seg_features.shape[0] == model.means.shape[0] == 13
+    # a split Gaussian's two children keep its feature
+    torch.testing.assert_close(model.seg_features[-2:].detach(), feats[[0, 0]])
+    assert not torch.equal(model.means[-2], model.means[-1])  # while their positions are resampled
+
+    keep_out = torch.zeros(13, dtype=torch.bool)
+    keep_out[:4] = True
+    before = model.seg_features[4:].detach().clone()
+    ops.remove(model.gauss_params, opts, state, keep_out)
+    assert model.seg_features.shape[0] == model.means.shape[0] == 9
+    torch.testing.assert_close(model.seg_features.detach(), before)
+    assert opts["seg_features"].state[model.seg_features]["exp_avg"].shape == (9, 24)
+
+
+def test_features_survive_checkpoint_load():
+    model = make_model(num_points=20)
+    with torch.no_grad():
+        model.gauss_params["seg_features"].mul_(3.0)
+    state = model.state_dict()
+    other = make_model(num_points=5)
+    other.load_state_dict(state)
+    assert other.num_points == 20
+    torch.testing.assert_close(other.seg_features, model.seg_features)
+    torch.testing.assert_close(other.means, model.means)
+
+
+def test_splatfacto_checkpoint_gets_fresh_features():
+    model = make_model(num_points=20)
+    state = {k: v for k, v in model.state_dict().items() if "seg_features" not in k}
+    other = make_model(num_points=5)
+    other.load_state_dict(state, strict=False)
+    assert other.seg_features.shape == (20, 24)
+    assert torch.isfinite(other.seg_features).all()
+
+
+def test_world_to_camera_inverts_the_pose():
+    c2w = torch.eye(4)[:3].clone()
+    c2w[:, 3] = torch.tensor([1.0, 2.0, 3.0])
+    viewmat = world_to_camera(c2w[None])[0]
+    # the camera centre maps to the origin, and a point in front (-Z in OpenGL) has positive depth
+    centre = torch.tensor([1.0, 2.0, 3.0, 1.0])
+    torch.testing.assert_close(viewmat @ centre, torch.tensor([0.0, 0.0, 0.0, 1.0]))
+    ahead = torch.tensor([1.0, 2.0, 2.0, 1.0])
+    assert (viewmat @ ahead)[2] > 0
+
+
+def test_feature_stage_renders_only_features_with_frozen_geometry():
+    from nerfstudio.cameras.cameras import Cameras
+
+    # num_downscales=1: the render is 16x16 while the masks are 32x32, and the loss must follow the render
+    model = make_model(num_points=50, feature_stage_start=0, num_downscales=1)
+    model.train()
+    camera = Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0]]]),
+                     fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+    outputs = model.get_outputs(camera)
+    assert "rgb" not in outputs and outputs["seg_features"].shape == (16, 16, 24)
+    batch = {"coarse_mask": torch.randint(0, 3, (32, 32)), "fine_mask": torch.randint(0, 5, (32, 32))}
+    losses = model.get_loss_dict(outputs, batch)
+    sum(losses.values()).backward()
+    assert model.seg_features.grad is not None and model.seg_features.grad.abs().sum() > 0
+    assert model.means.grad is None and model.features_dc.grad is None
