@@ -54,6 +54,12 @@ def make_scene(N, W, H, C=1, seed=0, dtype=torch.float64, sh_degree=None, D=3, p
     for c in range(1, C):
         viewmats[c, :3, :3] = _rotation(0.08 * torch.randn(3, generator=g, dtype=dtype))
         viewmats[c, :3, 3] = 0.2 * torch.randn(3, generator=g, dtype=dtype)
+    if N >= 50:  # a few large, nearly opaque "walls": alpha clamp and early termination
+        walls = torch.arange(3, 7)
+        means[walls] = torch.tensor([[0.05, -0.02, 2.0], [-0.1, 0.06, 2.5], [0.02, 0.1, 3.0], [0.0, 0.0, 3.5]],
+                                    dtype=dtype)
+        scales[walls] = 0.35 * means[walls, 2:] * (1 + 0.3 * rnd(4, 3))
+        opacities[walls] = 0.99995
     lead = (C, N) if per_view_colors else (N,)
     if sh_degree is None:
         colors = rnd(*lead, D)

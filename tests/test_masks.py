@@ -1,0 +1,98 @@
+"""Reading two-level instance masks from a folder, and the errors bad masks give."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from splatseg_ns.core.masks import FolderMasks, MaskError, read_instance_map, undistort_instance_map
+
+
+def save(path, array, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+def test_reads_8_and_16_bit_ids(tmp_path):
+    ids8 = np.array([[0, 1], [2, 255]], dtype=np.uint8)
+    ids16 = np.array([[0, 1000], [65535, 7]], dtype=np.uint16)
+    np.testing.assert_array_equal(read_instance_map(save(tmp_path / "a.png", ids8), (2, 2)), ids8)
+    np.testing.assert_array_equal(read_instance_map(save(tmp_path / "b.png", ids16), (2, 2)), ids16)
+
+
+def test_resizes_nearest_without_blending_ids(tmp_path):
+    ids = np.array([[1, 2], [3, 4]], dtype=np.uint8)
+    out = read_instance_map(save(tmp_path / "m.png", ids), (4, 4))
+    assert out.shape == (4, 4)
+    assert set(np.unique(out)) == {1, 2, 3, 4}
+    np.testing.assert_array_equal(out[:2, :2], 1)
+
+
+def test_rejects_rgb_masks_with_the_file_named(tmp_path):
+    path = save(tmp_path / "rgb.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    with pytest.raises(MaskError, match="rgb.png.*single-channel"):
+        read_instance_map(path, (4, 4))
+
+
+def test_rejects_ids_beyond_16_bits(tmp_path):
+    path = tmp_path / "big.tif"  # PNG stops at 16 bits; 32-bit ids come as TIFF
+    Image.fromarray(np.array([[0, 70000]], dtype=np.int32), mode="I").save(path)
+    with pytest.raises(MaskError, match="beyond 16 bits"):
+        read_instance_map(path, (1, 2))
+
+
+def test_rejects_another_aspect_ratio(tmp_path):
+    path = save(tmp_path / "wide.png", np.zeros((4, 8), dtype=np.uint8))
+    with pytest.raises(MaskError, match="aspect ratio"):
+        read_instance_map(path, (4, 4))
+
+
+def test_rejects_corrupt_file(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    with pytest.raises(MaskError, match="broken.png"):
+        read_instance_map(path, (4, 4))
+
+
+def test_folder_source_names_the_missing_file(tmp_path):
+    save(tmp_path / "coarse" / "img1.png", np.ones((4, 4), dtype=np.uint8))
+    save(tmp_path / "fine" / "img1.png", np.ones((4, 4), dtype=np.uint8))
+    source = FolderMasks(tmp_path)
+    source.check()
+    coarse, fine = source.load(tmp_path / "images" / "img1.jpg", (4, 4))
+    assert coarse.dtype == np.int32 and fine.shape == (4, 4)
+    with pytest.raises(MaskError, match=r"coarse.img2.png.*missing coarse mask"):
+        source.load(tmp_path / "images" / "img2.jpg", (4, 4))
+
+
+def test_empty_mask_folder_fails_before_training(tmp_path):
+    (tmp_path / "coarse").mkdir()
+    with pytest.raises(MaskError, match="no coarse masks"):
+        FolderMasks(tmp_path).check()
+
+
+def test_undistortion_without_distortion_is_identity():
+    ids = np.arange(20, dtype=np.int32).reshape(4, 5)
+    K = np.array([[10.0, 0, 2.5], [0, 10.0, 2.0], [0, 0, 1]])
+    np.testing.assert_array_equal(undistort_instance_map(ids, K, np.zeros(6)), ids)
+
+
+def test_undistortion_keeps_ids_exact_and_matches_the_image_remap():
+    import cv2
+
+    rng = np.random.default_rng(0)
+    ids = np.kron(rng.integers(1, 60000, (8, 8)), np.ones((8, 8), dtype=np.int64)).astype(np.int32)  # 64x64 blocks
+    K = np.array([[60.0, 0, 32.0], [0, 60.0, 32.0], [0, 0, 1]])
+    distortion = np.array([-0.2, 0.05, 0.0, 0.0, 0.001, 0.0])  # k1 k2 k3 k4 p1 p2 (nerfstudio order)
+    out = undistort_instance_map(ids, K, distortion)
+    assert set(np.unique(out)) <= set(np.unique(ids))  # nearest: no blended ids
+    # the same geometry as cv2.undistort on an image (what nerfstudio does), up to interpolation
+    Ks = K.copy()
+    Ks[:2, 2] -= 0.5
+    d = np.array([-0.2, 0.05, 0.001, 0.0, 0.0, 0.0, 0, 0])
+    newK, roi = cv2.getOptimalNewCameraMatrix(Ks, d, (64, 64), 0)
+    image = cv2.undistort(ids.astype(np.float32), Ks, d, None, newK)
+    x, y, w, h = roi
+    image = image[y : y + h, x : x + w]
+    assert out.shape == image.shape
+    assert np.mean(out == np.rint(image)) > 0.8  # equal away from block edges, where bilinear blends
