@@ -60,6 +60,10 @@ def make_scene(N, W, H, C=1, seed=0, dtype=torch.float64, sh_degree=None, D=3, p
                                     dtype=dtype)
         scales[walls] = 0.35 * means[walls, 2:] * (1 + 0.3 * rnd(4, 3))
         opacities[walls] = 0.99995
+        # large Gaussians centred just off-screen: visible through the Jacobian clamp
+        for i, (uu, vv, zz) in zip((7, 8), ((1.45 * W, 0.3 * H, 2.0), (0.5 * W, -0.6 * H, 2.5))):
+            means[i] = torch.tensor([(uu - 0.47 * W) / f * zz, (vv - 0.52 * H) / (1.05 * f) * zz, zz], dtype=dtype)
+        scales[7:9] = 0.5
     lead = (C, N) if per_view_colors else (N,)
     if sh_degree is None:
         colors = rnd(*lead, D)
@@ -327,8 +331,17 @@ def test_culled_gaussians_get_zero_radius():
     assert (info["radii"] == 0).all()
 
 
-def test_small_batches_and_depth_blocks_change_nothing(monkeypatch):
-    """Exercise multi-block transmittance carry, early stop and tile batching."""
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        dict(_MAX_DEPTH_BLOCK=7, _PAIRS_PER_STEP=64 * 7 * 3, _MIN_PAIRS_PER_STEP=1),  # many blocks/batches
+        dict(_RASTER_TILE=16),  # gsplat's own tiles, no sub-tiling
+        dict(_RASTER_TILE=4, _MIN_PAIRS_PER_STEP=1),
+    ],
+)
+def test_tiling_and_blocking_knobs_change_nothing(monkeypatch, knobs):
+    """Multi-block transmittance carry, early stop, batching and raster tile size are
+    implementation details: values and gradients must not move."""
     scene = make_scene(400, 64, 48, C=1, seed=21, D=4)
     kw = dict(render_mode="RGB+ED", absgrad=True)
 
@@ -340,11 +353,21 @@ def test_small_batches_and_depth_blocks_change_nothing(monkeypatch):
         return [img, alpha, info["means2d"].grad, info["means2d"].absgrad] + [p[k].grad for k in GRAD_NAMES]
 
     base = run()
-    monkeypatch.setattr(R, "_MAX_DEPTH_BLOCK", 7)
-    monkeypatch.setattr(R, "_PAIRS_PER_STEP", 256 * 7 * 3)
-    small = run()
-    for a, b in zip(base, small):
-        _assert_close(a, b, 1e-9, 1e-11, "blocked vs unblocked")
+    for name, value in knobs.items():
+        monkeypatch.setattr(R, name, value)
+    other = run()
+    for a, b in zip(base, other):
+        _assert_close(a, b, 1e-9, 1e-11, f"{knobs}")
+
+
+@pytest.mark.parametrize("tile_size", [8, 12])
+def test_other_tile_sizes_match_reference(tile_size):
+    scene = make_scene(300, 50, 40, C=1, seed=tile_size, D=3)
+    (img, alpha, info, ours), (rimg, ralpha, _, _, rradii, ref) = _run_both(scene, tile_size=tile_size)
+    assert info["tile_width"] == math.ceil(50 / tile_size)
+    _assert_close(img, rimg, 1e-9, 1e-9, "render")
+    _assert_close(alpha, ralpha, 1e-9, 1e-9, "alpha")
+    _assert_close(ours["means"].grad, ref["means"].grad, 1e-6, 1e-8, "grad means")
 
 
 # --------------------------------------------------------------------------- #
