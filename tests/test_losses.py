@@ -71,3 +71,28 @@ def test_sampler_favours_small_masks_and_skips_unmasked():
 def test_sampler_with_no_masks_returns_nothing():
     empty = torch.zeros(10, 10, dtype=torch.long)
     assert sample_pixels(empty, empty, 100).numel() == 0
+
+
+def brute_force_level_loss(features, ids, margin, weight):
+    """The paper's definition, pair by pair."""
+    f = torch.nn.functional.normalize(features, dim=-1)
+    pos, neg = [], []
+    for i in range(len(ids)):
+        for j in range(len(ids)):
+            if i == j or ids[i] == 0 or ids[j] == 0:
+                continue
+            c = f[i] @ f[j]
+            (pos if ids[i] == ids[j] else neg).append(c)
+            if ids[i] != ids[j]:
+                neg[-1] = c * (c > margin)
+    return -torch.stack(pos).mean(), weight * torch.stack(neg).mean()
+
+
+def test_vectorised_loss_matches_the_pairwise_definition():
+    torch.manual_seed(3)
+    features = torch.randn(40, 5)
+    ids = torch.randint(0, 5, (40,))
+    out = contrastive_level_loss(features, ids, margin=0.2, negative_weight=0.1)
+    pull, push = brute_force_level_loss(features, ids, 0.2, 0.1)
+    torch.testing.assert_close(out["pull"], pull)
+    torch.testing.assert_close(out["push"], push)
