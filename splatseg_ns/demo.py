@@ -45,6 +45,9 @@ def demo_train_args(
         "--pipeline.model.stop-screen-size-at", str(int(colour_steps * 0.6)),
         "--pipeline.model.reset-alpha-every", str(colour_steps),  # no opacity reset in a short run
         "--pipeline.model.num-sampled-pixels", "3000",
+        # GFL over the last third of the feature stage (the paper: steps 2000-3000 of 3000)
+        "--pipeline.model.gfl.start-step", str(feature_steps * 2 // 3),
+        "--pipeline.model.gfl.refresh-every", str(max(1, feature_steps // 6)),
     ]
     if timestamp is not None:
         args += ["--timestamp", timestamp]

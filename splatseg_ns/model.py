@@ -22,10 +22,18 @@ import torch
 from torch.nn import Parameter
 
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
 
-from splatseg_ns.core.losses import sample_pixels, two_level_contrastive_loss
+from splatseg_ns.core.global_candidates import GFLConfig, GlobalCandidates, build_global_candidates, two_level_gfl_loss
+from splatseg_ns.core.losses import (
+    feature_norm_2d_loss,
+    feature_norm_3d_loss,
+    knn_indices,
+    sample_pixels,
+    spatial_smoothness_loss,
+    two_level_contrastive_loss,
+)
 from splatseg_ns.torch_compat import allow_numpy_scalars_in_checkpoints
 
 allow_numpy_scalars_in_checkpoints()
@@ -51,6 +59,18 @@ class SplatsegModelConfig(SplatfactoModelConfig):
     """Cosine margin below which pairs of different fine masks are no longer pushed apart."""
     contrastive_negative_weight: float = 0.1
     """Weight of the push (negative) term relative to the pull term."""
+    norm_3d_weight: float = 0.2
+    """Weight of the 3D norm term: per-Gaussian coarse and rest parts near unit norm."""
+    norm_2d_weight: float = 0.2
+    """Weight of the 2D norm term: rendered coarse norm near 1, fine near sqrt(2)."""
+    spatial_weight: float = 0.5
+    """Weight of the spatial smoothness term: features agree with the nearest Gaussians."""
+    spatial_neighbours: int = 5
+    """Nearest Gaussians each sampled Gaussian is compared with."""
+    spatial_samples: int = 100_000
+    """Gaussians sampled per step for the spatial smoothness term."""
+    gfl: GFLConfig = field(default_factory=GFLConfig)
+    """Global Feature-guided Learning: global candidates from all views, pull/push per Gaussian."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
     """'auto': gsplat's CUDA kernels on a GPU, the pure-torch rasteriser on CPU."""
 
@@ -153,6 +173,13 @@ class SplatsegModel(SplatfactoModel):
         # Densification must be over before the Gaussians' features start training.
         self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, self.config.feature_stage_start)
         self.step = 0
+        self._neighbours: Optional[torch.Tensor] = None  # kNN of the frozen means, for the smoothness term
+        self.candidates: Optional[GlobalCandidates] = None  # GFL's global candidates, once built
+        for level in ("coarse", "fine"):  # their centres ride in checkpoints, for the selection tools
+            self.register_buffer(f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level)))
+
+    def _level_dim(self, level: str) -> int:
+        return self.config.coarse_feature_dim if level == "coarse" else self.config.seg_feature_dim
 
     @property
     def seg_features(self) -> torch.Tensor:
@@ -167,6 +194,10 @@ class SplatsegModel(SplatfactoModel):
         if "gauss_params.seg_features" not in dict and "gauss_params.means" in dict:
             n = dict["gauss_params.means"].shape[0]
             dict["gauss_params.seg_features"] = init_seg_features(n, self.config.seg_feature_dim)
+        for level in ("coarse", "fine"):  # candidate counts differ from run to run
+            key = f"candidate_centers_{level}"
+            dict.setdefault(key, torch.zeros(0, self._level_dim(level)))
+            setattr(self, key, torch.zeros_like(dict[key], device=self.device))
         return super().load_state_dict(dict, **kwargs)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -182,7 +213,50 @@ class SplatsegModel(SplatfactoModel):
                 f"{self.config.feature_stage_start}: the segmentation features will not be trained. Raise "
                 "--max-num-iterations or lower --pipeline.model.feature-stage-start."
             )
-        return super().get_training_callbacks(training_callback_attributes)
+        callbacks = super().get_training_callbacks(training_callback_attributes)
+        pipeline = training_callback_attributes.pipeline
+        if pipeline is not None and trainer is not None:
+            last_step = trainer.config.max_num_iterations - 1
+            callbacks.append(
+                TrainingCallback(
+                    [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
+                    self._refresh_candidates_on_schedule,
+                    args=[pipeline.datamanager, last_step],
+                )
+            )
+        return callbacks
+
+    def gfl_active(self, step: int) -> bool:
+        return step >= self.config.feature_stage_start + self.config.gfl.start_step
+
+    def _refresh_candidates_on_schedule(self, step: int, datamanager, last_step: int) -> None:
+        """GFL's schedule, plus once at the last step so that every checkpoint's candidates are current."""
+        since = step - self.config.feature_stage_start - self.config.gfl.start_step
+        if (self.gfl_active(step) and since % self.config.gfl.refresh_every == 0) or (
+            step == last_step and self.in_feature_stage
+        ):
+            self.refresh_global_candidates(datamanager)
+
+    @torch.no_grad()
+    def refresh_global_candidates(self, datamanager) -> GlobalCandidates:
+        """Render every training view, average features per mask, cluster them (Click-Gaussian Sec. 3.3)."""
+        cameras = datamanager.train_dataset.cameras
+
+        def views():
+            for index, data in enumerate(datamanager.cached_train):
+                features = self.render_seg_features(cameras[index : index + 1].to(self.device))
+                yield features, data["coarse_mask"].to(self.device), data["fine_mask"].to(self.device)
+
+        candidates = build_global_candidates(
+            views(), self.config.coarse_feature_dim, self.config.gfl, num_views=len(cameras)
+        )
+        self.set_candidates(candidates)
+        return candidates
+
+    def set_candidates(self, candidates: GlobalCandidates) -> None:
+        self.candidates = candidates.to(self.device)
+        self.candidate_centers_coarse = self.candidates.coarse.centers.detach().clone()
+        self.candidate_centers_fine = self.candidates.fine.centers.detach().clone()
 
     def step_post_backward(self, step):
         if not self.in_feature_stage:  # no densification while features train
@@ -238,14 +312,35 @@ class SplatsegModel(SplatfactoModel):
         if feature_training or not self.training:
             if feature_training:  # geometry is frozen: no gradient reaches it
                 geometry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}
-            features, _, _ = rasterize(
-                colors=gaussians("seg_features"), render_mode="RGB", sh_degree=None, absgrad=False, **geometry
-            )
-            features = features.squeeze(0)
+            features = self._render_features(rasterize, geometry, gaussians("seg_features"))
             outputs["seg_features"] = features
             if not self.training:
                 outputs["seg_coarse"] = features[..., : self.config.coarse_feature_dim]
         return outputs
+
+    @staticmethod
+    def _render_features(rasterize, geometry, features: torch.Tensor) -> torch.Tensor:
+        """Alpha-blend per-Gaussian features like colour, on a zero background: [H, W, D]."""
+        rendered, _, _ = rasterize(colors=features, render_mode="RGB", sh_degree=None, absgrad=False, **geometry)
+        return rendered.squeeze(0)
+
+    @torch.no_grad()
+    def render_seg_features(self, camera: Cameras) -> torch.Tensor:
+        """Features of one camera at its full resolution, without gradients and without touching training state."""
+        geometry = dict(
+            means=self.means,
+            quats=self.quats,
+            scales=torch.exp(self.scales),
+            opacities=torch.sigmoid(self.opacities).squeeze(-1),
+            viewmats=world_to_camera(camera.camera_to_worlds),
+            Ks=camera.get_intrinsics_matrices().to(self.device),
+            width=int(camera.width.item()),
+            height=int(camera.height.item()),
+            packed=False,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+        rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
+        return self._render_features(rasterize, geometry, self.seg_features)
 
     def _render_rgb(self, rasterize, geometry, gaussians) -> Dict[str, torch.Tensor]:
         """Splatfacto's colour render (SH schedule, background, depth), on the chosen rasteriser."""
@@ -281,23 +376,37 @@ class SplatsegModel(SplatfactoModel):
         return self.feature_loss_dict(outputs["seg_features"], batch)
 
     def feature_loss_dict(self, features: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
-        """Contrastive loss on sampled pixels of the rendered feature map [H, W, D]."""
+        """Click-Gaussian's feature-stage losses: contrastive + 2D norm on sampled pixels of the rendered
+        map [H, W, D]; 3D norm, spatial smoothness and (once candidates exist) GFL on the Gaussians."""
         H, W = features.shape[:2]
         coarse = batch["coarse_mask"].to(self.device)
         fine = batch["fine_mask"].to(self.device)
         if coarse.shape[:2] != (H, W):  # resolution schedule: follow the render's size
             coarse, fine = (_resize_nearest(m, H, W) for m in (coarse, fine))
         index = sample_pixels(coarse, fine, self.config.num_sampled_pixels)
-        flat = features.reshape(-1, features.shape[-1])
-        return two_level_contrastive_loss(
-            flat[index],
+        sampled = features.reshape(-1, features.shape[-1])[index]
+        coarse_dim = self.config.coarse_feature_dim
+        losses = two_level_contrastive_loss(
+            sampled,
             coarse.reshape(-1)[index],
             fine.reshape(-1)[index],
-            coarse_dim=self.config.coarse_feature_dim,
+            coarse_dim=coarse_dim,
             margin_coarse=self.config.margin_coarse,
             margin_fine=self.config.margin_fine,
             negative_weight=self.config.contrastive_negative_weight,
         )
+        gaussians = self.seg_features
+        losses["norm_2d"] = feature_norm_2d_loss(sampled, coarse_dim, weight=self.config.norm_2d_weight)
+        losses["norm_3d"] = feature_norm_3d_loss(gaussians, coarse_dim, weight=self.config.norm_3d_weight)
+        if self.config.spatial_weight > 0:
+            if self._neighbours is None or self._neighbours.shape[0] != self.num_points:
+                self._neighbours = knn_indices(self.means.detach(), self.config.spatial_neighbours)  # means are frozen
+            losses["spatial"] = spatial_smoothness_loss(
+                gaussians, self._neighbours, self.config.spatial_samples, weight=self.config.spatial_weight
+            )
+        if self.candidates is not None and self.gfl_active(self.step) and self.config.gfl.weight > 0:
+            losses.update(two_level_gfl_loss(gaussians, self.candidates, self.config.gfl))
+        return losses
 
 
 def _resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -158,3 +158,43 @@ def test_feature_stage_renders_only_features_with_frozen_geometry():
     sum(losses.values()).backward()
     assert model.seg_features.grad is not None and model.seg_features.grad.abs().sum() > 0
     assert model.means.grad is None and model.features_dc.grad is None
+
+
+def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
+    from nerfstudio.cameras.cameras import Cameras
+
+    from splatseg_ns.core.global_candidates import build_global_candidates
+
+    model = make_model(num_points=80, feature_stage_start=0, num_downscales=0)
+    model.config.gfl.start_step = 5
+    model.train()
+    camera = Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0]]]),
+                     fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+    coarse = torch.zeros(32, 32, dtype=torch.long)
+    coarse[:, 16:] = 1
+    coarse[:, :16] = 2
+    fine = coarse.clone()
+    fine[:16] += 2
+    batch = {"coarse_mask": coarse, "fine_mask": fine}
+    model.step = 1
+    losses = model.get_loss_dict(model.get_outputs(camera), batch)
+    assert {"norm_2d", "norm_3d", "spatial", "contrastive_coarse_pull"} <= set(losses)
+    assert not any(k.startswith("gfl") for k in losses)  # no candidates yet, and before GFL's start
+
+    features = model.render_seg_features(camera)
+    views = [(features, coarse, fine)] * 4
+    model.config.gfl.min_cluster_size_floor = 2
+    model.set_candidates(build_global_candidates(views, 12, model.config.gfl))
+    assert model.candidate_centers_coarse.shape[0] >= 1 and model.candidate_centers_fine.shape[1] == 24
+    model.step = 5
+    losses = model.get_loss_dict(model.get_outputs(camera), batch)
+    assert {"gfl_coarse_pull", "gfl_coarse_push", "gfl_fine_pull", "gfl_fine_push"} <= set(losses)
+    sum(losses.values()).backward()
+    assert torch.isfinite(model.seg_features.grad).all()
+
+    # the candidate centres ride in the checkpoint
+    state = model.state_dict()
+    other = make_model(num_points=5)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.candidate_centers_fine, model.candidate_centers_fine)
+    assert other.candidate_centers_coarse.shape == model.candidate_centers_coarse.shape
