@@ -1,0 +1,125 @@
+"""A trained splatseg run, opened for the command-line tools (select, export, eval).
+
+Glue only: loads the run with nerfstudio's `eval_setup` (any device), finds a view by its image
+file name in the training or evaluation split, renders that view's features, and gives the
+per-Gaussian tensors the core modules work on. A fingerprint of the Gaussians lets a selection
+file prove which run it was made on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
+
+import torch
+
+Level = Literal["coarse", "fine"]
+
+
+class RunError(ValueError):
+    """A run, view or selection that cannot be used; the message says what to do."""
+
+
+@dataclass
+class View:
+    """One image of the dataset: where it is, and the camera that took it."""
+
+    name: str
+    split: str
+    index: int
+    image_path: Path
+    camera: "object"  # nerfstudio Cameras of shape [1]
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(width, height) in pixels."""
+        return int(self.camera.width.item()), int(self.camera.height.item())
+
+
+class TrainedRun:
+    """Loads `config.yml` of a splatseg run and serves what the tools need from it."""
+
+    def __init__(self, config_path: Path, test_mode: Literal["test", "val", "inference"] = "test"):
+        from splatseg_ns._torchvision_cpu import install
+
+        install()
+        from nerfstudio.utils.eval_utils import eval_setup
+
+        config_path = Path(config_path)
+        if not config_path.exists():
+            raise RunError(f"{config_path}: no such run config. Pass the config.yml that ns-train printed.")
+        self.config_path = config_path.resolve()
+        try:
+            self.config, self.pipeline, self.checkpoint, self.step = eval_setup(config_path, test_mode=test_mode)
+        except AssertionError as err:  # nerfstudio asserts on a missing dataset folder
+            raise RunError(
+                f"{config_path}: could not load the run ({err}). Relative dataset paths are resolved from the "
+                "folder you trained in: run this command from there."
+            ) from err
+        from splatseg_ns.model import SplatsegModel
+
+        if not isinstance(self.pipeline.model, SplatsegModel):
+            raise RunError(f"{config_path} is a {self.config.method_name} run; splatseg tools need a splatseg run.")
+        self.model: SplatsegModel = self.pipeline.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """Identifies these exact Gaussians (count and positions), so a selection can't be applied to another run."""
+        means = self.model.means.detach().float().cpu().contiguous()
+        digest = hashlib.sha1(means.numpy().tobytes()).hexdigest()[:16]
+        return f"{means.shape[0]}:{digest}"
+
+    def datasets(self) -> Dict[str, "object"]:
+        dm = self.pipeline.datamanager
+        return {"train": dm.train_dataset, "eval": dm.eval_dataset}
+
+    def view(self, name: str) -> View:
+        """The view whose image file is called `name` (file name, stem or path), training split first."""
+        wanted = Path(name)
+        names: List[str] = []
+        for split, dataset in self.datasets().items():
+            for index, path in enumerate(dataset.image_filenames):
+                path = Path(path)
+                names.append(path.name)
+                if path.name == wanted.name or path.stem == wanted.name or path == wanted:
+                    camera = dataset.cameras[index : index + 1].to(self.device)
+                    return View(name=path.name, split=split, index=index, image_path=path, camera=camera)
+        examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise RunError(f"No view named {name!r} in this run's dataset; views are named by image file, e.g. {examples}.")
+
+    @torch.no_grad()
+    def render(self, view: View) -> Dict[str, torch.Tensor]:
+        """The model's outputs for a view at full resolution (rgb, depth, accumulation, seg_features)."""
+        return self.model.get_outputs_for_camera(view.camera)
+
+    @torch.no_grad()
+    def features_at(self, view: View, pixels: Sequence[Sequence[float]], level: Level,
+                    outputs: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Rendered feature [P, D_level] at pixel coordinates (x, y) of the view; a click off the image fails."""
+        width, height = view.size
+        outputs = outputs if outputs is not None else self.render(view)
+        features = self.level_slice(outputs["seg_features"], level)
+        picked = []
+        for x, y in pixels:
+            if not (0 <= x < width and 0 <= y < height):
+                raise RunError(f"Click ({x}, {y}) is outside view {view.name} ({width}x{height} pixels).")
+            picked.append(features[int(y), int(x)])
+        return torch.stack(picked) if picked else features.new_zeros(0, features.shape[-1])
+
+    def level_slice(self, features: torch.Tensor, level: Level) -> torch.Tensor:
+        """The coarse feature is the leading channels; the fine one is all of them (granularity prior)."""
+        if level == "coarse":
+            return features[..., : self.model.config.coarse_feature_dim]
+        if level == "fine":
+            return features
+        raise RunError(f"Unknown level {level!r}: use 'coarse' or 'fine'.")
+
+    def gaussian_features(self, level: Level) -> torch.Tensor:
+        return self.level_slice(self.model.seg_features.detach(), level)

@@ -1,0 +1,291 @@
+"""Selection by clicks, similarity and text, and segment-everything, on synthetic features with known answers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from splatseg_ns.core.selection import (
+    click_candidate_ids,
+    level_features,
+    level_slice,
+    nearest_candidates,
+    precompute_assignment,
+    rank_candidates_by_text,
+    segment_everything_by_candidates,
+    segment_everything_by_clustering,
+    select_by_clicks,
+    select_by_similarity,
+    select_by_text,
+    select_candidates,
+)
+
+
+def blobs(centers: torch.Tensor, per_center: int, noise: float, seed: int = 0):
+    """Features drawn around unit `centers`; returns (features [K*per, D], truth [K*per])."""
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.arange(centers.shape[0]).repeat_interleave(per_center)
+    features = centers[truth] + noise * torch.randn(truth.numel(), centers.shape[1], generator=g)
+    return features, truth
+
+
+def orthogonal_centers(k: int, dim: int, seed: int = 0) -> torch.Tensor:
+    q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed)))
+    return q[:k]
+
+
+def two_level_scene(seed: int = 0):
+    """3 objects x 2 parts each; coarse = F[:, :12] names the object, fine = F names the part."""
+    coarse = orthogonal_centers(3, 12, seed)
+    rest = orthogonal_centers(2, 12, seed + 1)
+    per_part = 200
+    obj = torch.arange(3).repeat_interleave(2 * per_part)
+    part = torch.arange(6).repeat_interleave(per_part)
+    g = torch.Generator().manual_seed(seed)
+    features = torch.cat([coarse[obj], rest[part % 2]], dim=1) + 0.05 * torch.randn(obj.numel(), 24, generator=g)
+    fine_centers = F.normalize(torch.cat([coarse[torch.arange(6) // 2], rest[torch.arange(6) % 2]], 1), dim=-1)
+    return features, obj, part, coarse, fine_centers
+
+
+def test_level_slice():
+    f = torch.arange(24.0)[None]
+    assert level_features(f, "coarse").shape[-1] == 12
+    assert torch.equal(level_features(f, "fine"), f)
+    assert level_slice("coarse", coarse_dim=8) == slice(0, 8)
+    with pytest.raises(ValueError):
+        level_slice("medium")
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 18])
+def test_precompute_assignment_matches_dense_argmax(chunk_size):
+    centers = F.normalize(torch.randn(9, 24), dim=-1)
+    features = torch.randn(1000, 24)
+    assignment, similarity = precompute_assignment(features, centers, chunk_size=chunk_size)
+    dense = F.normalize(features, dim=-1) @ centers.T
+    assert torch.equal(assignment, dense.argmax(-1))
+    torch.testing.assert_close(similarity, dense.amax(-1), atol=1e-6, rtol=0)
+
+
+def test_no_candidates():
+    assignment, similarity = precompute_assignment(torch.randn(10, 12), torch.zeros(0, 12))
+    assert (assignment == -1).all() and (similarity == -1).all()
+    assert not select_by_clicks(assignment, similarity, torch.zeros(0, 12), torch.randn(2, 12)).any()
+    assert (nearest_candidates(torch.randn(3, 12), torch.zeros(0, 12)) == -1).all()
+
+
+def test_click_selects_exactly_its_blob():
+    centers = orthogonal_centers(5, 24)
+    features, truth = blobs(centers, 300, noise=0.1)
+    assignment, similarity = precompute_assignment(features, centers)
+    click = centers[2] + 0.05 * torch.randn(24)
+    selected = select_by_clicks(assignment, similarity, centers, click[None])
+    assert torch.equal(selected, truth == 2)
+    two = select_by_clicks(assignment, similarity, centers, torch.stack([centers[1], centers[4]]))
+    assert torch.equal(two, (truth == 1) | (truth == 4))
+
+
+def test_negative_clicks_subtract_and_win_conflicts():
+    centers = orthogonal_centers(4, 24)
+    features, truth = blobs(centers, 100, noise=0.1)
+    assignment, similarity = precompute_assignment(features, centers)
+    positives = torch.stack([centers[0], centers[1]])
+    only_zero = select_by_clicks(assignment, similarity, centers, positives, centers[1][None])
+    assert torch.equal(only_zero, truth == 0)
+    # A negative click on a candidate no positive picked changes nothing.
+    unchanged = select_by_clicks(assignment, similarity, centers, positives, centers[3][None])
+    assert torch.equal(unchanged, (truth == 0) | (truth == 1))
+    # Negative on the same candidate as the only positive: the negative wins, nothing is left.
+    assert not select_by_clicks(assignment, similarity, centers, centers[0][None], centers[0][None]).any()
+    kept, conflicted, negative = click_candidate_ids(centers, positives, centers[1][None])
+    assert kept.tolist() == [0] and conflicted.tolist() == [1] and negative.tolist() == [1]
+
+
+def test_coarse_conflict_drops_object_fine_level_resolves_it():
+    # Positive on part 0 and negative on part 1 of object 0: one coarse candidate, two fine ones.
+    features, obj, part, coarse_centers, fine_centers = two_level_scene()
+    pos, neg = features[part == 0][:1], features[part == 1][:1]
+    a_c, s_c = precompute_assignment(level_features(features, "coarse"), coarse_centers)
+    assert not select_by_clicks(a_c, s_c, coarse_centers, pos[:, :12], neg[:, :12]).any()
+    a_f, s_f = precompute_assignment(features, fine_centers)
+    assert torch.equal(select_by_clicks(a_f, s_f, fine_centers, pos, neg), part == 0)
+
+
+def test_click_features_must_match_the_level():
+    centers = orthogonal_centers(3, 12)
+    assignment, similarity = precompute_assignment(torch.randn(10, 12), centers)
+    with pytest.raises(ValueError, match="24"):
+        select_by_clicks(assignment, similarity, centers, torch.randn(1, 24))
+
+
+def test_conflict_split_when_features_are_given():
+    basis = orthogonal_centers(4, 24)
+    centers, direction = basis[:3], basis[3]
+    features, truth = blobs(centers, 200, noise=0.05)
+    # Candidate 0 holds two halves that differ along `direction`; clicks on each half conflict.
+    half = torch.zeros(features.shape[0], dtype=torch.bool)
+    half[0:200:2] = True
+    features[half] += 0.3 * direction
+    features[(truth == 0) & ~half] -= 0.3 * direction
+    assignment, similarity = precompute_assignment(features, centers)
+    assert torch.equal(assignment, truth)
+    pos = F.normalize(centers[0] + 0.3 * direction, dim=-1)[None]
+    neg = F.normalize(centers[0] - 0.3 * direction, dim=-1)[None]
+    assert not select_by_clicks(assignment, similarity, centers, pos, neg).any()
+    split = select_by_clicks(assignment, similarity, centers, pos, neg, features=features)
+    assert torch.equal(split, half)
+    # Other positive candidates are still selected whole beside the split one.
+    both = select_by_clicks(assignment, similarity, centers, torch.cat([pos, centers[2:3]]), neg, features=features)
+    assert torch.equal(both, half | (truth == 2))
+
+
+def test_threshold_keeps_only_confident_members():
+    centers = orthogonal_centers(3, 24)
+    features, truth = blobs(centers, 500, noise=0.25)
+    assignment, similarity = precompute_assignment(features, centers)
+    threshold = float(similarity[truth == 0].median())
+    selected = select_by_clicks(assignment, similarity, centers, centers[0][None], threshold=threshold)
+    assert torch.equal(selected, (assignment == 0) & (similarity >= threshold))
+    assert 0 < int(selected.sum()) < int((truth == 0).sum())
+
+
+def test_coarse_selects_object_fine_selects_part():
+    features, obj, part, coarse_centers, fine_centers = two_level_scene()
+    click = features[part == 3][0]  # object 1, part 1
+    a_c, s_c = precompute_assignment(level_features(features, "coarse"), coarse_centers)
+    coarse_sel = select_by_clicks(a_c, s_c, coarse_centers, level_features(click[None], "coarse"))
+    assert torch.equal(coarse_sel, obj == 1)
+    a_f, s_f = precompute_assignment(level_features(features, "fine"), fine_centers)
+    fine_sel = select_by_clicks(a_f, s_f, fine_centers, level_features(click[None], "fine"))
+    assert torch.equal(fine_sel, part == 3)
+
+
+def test_select_candidates_ignores_invalid_ids_and_unassigned():
+    assignment = torch.tensor([0, 1, 2, -1, 1])
+    selected = select_candidates(assignment, torch.tensor([1, -1, 7]), 3)
+    assert selected.tolist() == [False, True, False, False, True]
+    assert not select_candidates(assignment, torch.tensor([], dtype=torch.long), 3).any()
+    with pytest.raises(ValueError):
+        select_candidates(assignment, torch.tensor([1]), 3, threshold=0.5)
+
+
+def test_select_by_similarity():
+    centers = orthogonal_centers(3, 24)
+    features, truth = blobs(centers, 200, noise=0.05)
+    selected = select_by_similarity(features, centers[0][None], threshold=0.8, chunk_size=77)
+    assert torch.equal(selected, truth == 0)
+    # A negative close to the positive keeps only the Gaussians nearer the positive.
+    pos = F.normalize(centers[0] + 0.5 * centers[1], dim=-1)[None]
+    neg = F.normalize(centers[0] - 0.5 * centers[1], dim=-1)[None]
+    f = F.normalize(features, dim=-1)
+    expected = ((f @ pos.T)[:, 0] > 0.5) & ((f @ pos.T)[:, 0] > (f @ neg.T)[:, 0])
+    assert torch.equal(select_by_similarity(features, pos, neg, threshold=0.5), expected)
+    assert not select_by_similarity(features, torch.zeros(0, 24)).any()
+
+
+def test_text_ranking():
+    g = torch.Generator().manual_seed(0)
+    emb = F.normalize(torch.randn(6, 32, generator=g), dim=-1)
+    has = torch.tensor([True, True, False, True, True, True])
+    emb[4] = float("nan")  # no embedding either way
+    text = F.normalize(emb[3] + 0.2 * emb[1], dim=-1)
+    ids, scores = rank_candidates_by_text(text, emb, has)
+    assert ids[0].item() == 3 and set(ids.tolist()) == {0, 1, 3, 5}
+    assert (scores[:-1] >= scores[1:]).all()
+    assert select_by_text(text, emb, has).tolist() == [3]
+    assert select_by_text(text, emb, has, top_k=2).tolist() == ids[:2].tolist()
+    # Margin keeps the runners-up only when they score almost as well as the best.
+    emb2 = emb.clone()
+    emb2[5] = F.normalize(emb[3] + 0.01 * emb[0], dim=-1)
+    near = select_by_text(text, emb2, has, top_k=3, margin=0.02)
+    assert sorted(near.tolist()) == [3, 5]
+    assert select_by_text(text, emb, torch.zeros(6, dtype=torch.bool)).numel() == 0
+    assert select_by_text(text.numpy(), emb.numpy(), has.numpy()).tolist() == [3]
+
+
+def test_segment_everything_by_candidates():
+    assignment = torch.tensor([0, 1, 1, -1])
+    similarity = torch.tensor([0.9, 0.3, 0.95, -1.0])
+    assert segment_everything_by_candidates(assignment).tolist() == [0, 1, 1, -1]
+    assert segment_everything_by_candidates(assignment, similarity, 0.5).tolist() == [0, -1, 1, -1]
+
+
+def _same_partition(labels: torch.Tensor, truth: torch.Tensor) -> bool:
+    from sklearn.metrics import adjusted_rand_score
+
+    return adjusted_rand_score(truth.numpy(), labels.numpy()) == 1.0
+
+
+@pytest.mark.parametrize("num_segments", [None, 3])
+def test_clustering_recovers_separated_blobs(num_segments):
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0, 0], [5, 0, 0], [0, 5, 0]])
+    truth = torch.arange(3).repeat_interleave(2000)
+    positions = centres[truth] + 0.3 * torch.randn(truth.numel(), 3, generator=g)
+    features = torch.randn(3, 64, generator=g)[truth] + 0.1 * torch.randn(truth.numel(), 64, generator=g)
+    labels = segment_everything_by_clustering(
+        positions, features, num_segments=num_segments, sample_size=1500, chunk_size=1000
+    )
+    assert labels.shape == truth.shape and _same_partition(labels, truth)
+    assert torch.bincount(labels).tolist() == sorted(torch.bincount(labels).tolist(), reverse=True)
+
+
+def test_physical_weight_separates_blobs_with_identical_features():
+    g = torch.Generator().manual_seed(1)
+    truth = torch.arange(2).repeat_interleave(1500)
+    positions = torch.tensor([[0.0, 0, 0], [4, 0, 0]])[truth] + 0.3 * torch.randn(truth.numel(), 3, generator=g)
+    features = torch.randn(1, 32, generator=g).expand(truth.numel(), 32) + 0.05 * torch.randn(
+        truth.numel(), 32, generator=g
+    )
+    labels = segment_everything_by_clustering(positions, features, physical_weight=4.0, num_segments=2)
+    assert _same_partition(labels, truth)
+    hdb = segment_everything_by_clustering(positions, features, physical_weight=4.0)
+    assert _same_partition(hdb, truth)
+
+
+def test_clustering_uses_features_where_positions_overlap():
+    # Two interleaved objects in one place, told apart by their features only.
+    g = torch.Generator().manual_seed(2)
+    truth = torch.arange(2).repeat_interleave(1000)
+    positions = 0.3 * torch.randn(truth.numel(), 3, generator=g)
+    features = orthogonal_centers(2, 16)[truth] + 0.05 * torch.randn(truth.numel(), 16, generator=g)
+    labels = segment_everything_by_clustering(positions, features, feature_weight=4.0, num_segments=2)
+    assert _same_partition(labels, truth)
+
+
+def test_select_by_clicks_speed_at_1m():
+    """Timing only (printed, not asserted): a click vs one `features @ v` pass at 1M Gaussians."""
+    n, k = 1_000_000, 200
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(n, 24, generator=g)
+    centers = F.normalize(torch.randn(k, 24, generator=g), dim=-1)
+    t0 = time.perf_counter()
+    assignment, similarity = precompute_assignment(features, centers)
+    precompute_ms = 1e3 * (time.perf_counter() - t0)
+    clicks, negatives = features[:3], features[3:4]
+
+    def best_ms(fn, repeat=20):
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 1e3 * min(times)
+
+    click_ms = best_ms(lambda: select_by_clicks(assignment, similarity, centers, clicks, negatives))
+    thr_ms = best_ms(lambda: select_by_clicks(assignment, similarity, centers, clicks, negatives, threshold=0.5))
+    v = torch.randn(24)
+    matvec_ms = best_ms(lambda: features @ v)
+    single_pass_ms = best_ms(lambda: assignment == 3)
+    print(
+        f"\n1M Gaussians, K={k}, {torch.get_num_threads()} thread(s): precompute_assignment {precompute_ms:.0f} ms; "
+        f"select_by_clicks {click_ms:.2f} ms, with threshold {thr_ms:.2f} ms; "
+        f"features @ v {matvec_ms:.2f} ms; assignment == id {single_pass_ms:.2f} ms"
+    )
+    assert torch.equal(
+        select_by_clicks(assignment, similarity, centers, clicks),
+        torch.isin(assignment, nearest_candidates(clicks, centers)),
+    )
