@@ -229,7 +229,7 @@ class SplatsegModel(SplatfactoModel):
     def gfl_active(self, step: int) -> bool:
         return step >= self.config.feature_stage_start + self.config.gfl.start_step
 
-    def _refresh_candidates_on_schedule(self, step: int, datamanager, last_step: int) -> None:
+    def _refresh_candidates_on_schedule(self, datamanager, last_step: int, step: int) -> None:
         """GFL's schedule, plus once at the last step so that every checkpoint's candidates are current."""
         since = step - self.config.feature_stage_start - self.config.gfl.start_step
         if (self.gfl_active(step) and since % self.config.gfl.refresh_every == 0) or (

@@ -30,6 +30,9 @@ def test_trained_run_loads_and_features_separate_objects(trained_demo_run: Path)
     assert step == 399 and checkpoint.exists()
     assert model.seg_features.shape == (model.num_points, 24)
     assert torch.isfinite(model.seg_features).all()
+    # GFL ran: the checkpoint holds global candidates, about one per object (4) at the coarse level
+    assert 2 <= model.candidate_centers_coarse.shape[0] <= 8, model.candidate_centers_coarse.shape
+    assert model.candidate_centers_fine.shape[0] >= model.candidate_centers_coarse.shape[0]
 
     dataset = pipeline.datamanager.train_dataset
     masks = FolderMasks(Path(pipeline.datamanager.config.data))
