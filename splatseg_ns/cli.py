@@ -6,12 +6,20 @@ docstrings into `--help`) and whose `main()` does the work.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import List, Literal, Optional, Tuple, Union
 
 import tyro
 from typing_extensions import Annotated
+
+Clicks = Annotated[List[Tuple[float, float]], tyro.conf.UseAppendAction]
+Level = Literal["coarse", "fine"]
+
+
+def _fail(err: Exception) -> None:
+    """Bad input ends with its message, not a traceback."""
+    raise SystemExit(f"error: {err}")
 
 
 @dataclass
@@ -60,9 +68,149 @@ class Demo:
         print(f"  export it: ns-export gaussian-splat --load-config {config} --output-dir exports/")
 
 
+@dataclass
+class Select:
+    """Select the Gaussians of an object by clicking pixels of one of the run's images; writes a selection file."""
+
+    load_config: Path
+    """config.yml of a trained splatseg run."""
+    view: str
+    """The image the clicks are on, by file name (e.g. frame_00001.png), from the training or eval split."""
+    output: Path
+    """Selection file (JSON) to write."""
+    click: Clicks = field(default_factory=list)
+    """A pixel X Y on the object (repeat --click for more)."""
+    negative: Clicks = field(default_factory=list)
+    """A pixel X Y that is NOT the object (repeat for more)."""
+    level: Level = "coarse"
+    """coarse: the whole object; fine: the part."""
+    threshold: Optional[float] = None
+    """Also require each Gaussian's cosine similarity to the clicked candidate to be at least this."""
+
+    def main(self) -> None:
+        from splatseg_ns.selection_file import write_selection
+        from splatseg_ns.tools.select import select_by_view_clicks
+        from splatseg_ns.trained_run import RunError, TrainedRun
+
+        try:
+            run = TrainedRun(self.load_config)
+            selection = select_by_view_clicks(run, self.view, self.click, self.negative, self.level, self.threshold)
+        except RunError as err:
+            _fail(err)
+        write_selection(self.output, selection)
+        print(f"Selected {len(selection.indices)} of {run.model.num_points} Gaussians ({self.level}); wrote {self.output}")
+        print(f"Export it with: splatseg export --load-config {self.load_config} --selection {self.output} --output object.ply")
+
+
+@dataclass
+class Export:
+    """Export a selection as a 3DGS PLY (or the scene without it), or every segment (--segments)."""
+
+    load_config: Path
+    """config.yml of a trained splatseg run."""
+    selection: Optional[Path] = None
+    """Selection file from `splatseg select`."""
+    output: Optional[Path] = None
+    """PLY file to write (with --selection)."""
+    invert: bool = False
+    """Write the scene without the selection instead of the selection."""
+    keep_weak: bool = False
+    """Keep the Gaussians that belong to the object only weakly (low similarity, floaters); dropped by default."""
+    segments: bool = False
+    """Write every segment: one PLY each plus segments_coloured.ply, into --output-dir."""
+    output_dir: Optional[Path] = None
+    """Folder for --segments."""
+    level: Level = "coarse"
+    """Level of the segments (--segments)."""
+    method: Literal["candidates", "clustering"] = "candidates"
+    """Segments from the global candidates, or from clustering position + feature (physical distance weighted high)."""
+
+    def main(self) -> None:
+        from splatseg_ns.selection_file import SelectionError, read_selection
+        from splatseg_ns.tools.export import export_segments, export_selection
+        from splatseg_ns.trained_run import RunError, TrainedRun
+
+        if self.segments == (self.selection is not None):
+            _fail(ValueError("give either --selection FILE --output OBJ.ply, or --segments --output-dir DIR"))
+        if self.segments and self.output_dir is None:
+            _fail(ValueError("--segments needs --output-dir DIR"))
+        if self.selection is not None and self.output is None:
+            _fail(ValueError("--selection needs --output OBJ.ply"))
+        try:
+            selection = read_selection(self.selection) if self.selection is not None else None
+            run = TrainedRun(self.load_config)
+            if selection is None:
+                paths = export_segments(run, self.output_dir, self.level, self.method)
+                print(f"Wrote {len(paths) - 1} segments and {paths[-1].name} to {self.output_dir}")
+                return
+            count = export_selection(run, selection, self.selection, self.output, self.invert, self.keep_weak)
+        except (RunError, SelectionError, OSError) as err:
+            _fail(err)
+        what = "the scene without the selection" if self.invert else "the selection"
+        print(f"Wrote {count} Gaussians ({what}) to {self.output}")
+
+
+@dataclass
+class Eval:
+    """Score click selections against ground-truth masks: IoU, accuracy, boundary IoU; mIoU/mAcc."""
+
+    load_config: Path
+    """config.yml of a trained splatseg run."""
+    benchmark: Path
+    """Folder with prompts.json and gt/<name>/<image stem>.png (see `splatseg make-benchmark`)."""
+    output: Path = Path("metrics.json")
+    """Where to write the metrics (JSON)."""
+
+    def main(self) -> None:
+        import json
+
+        from splatseg_ns.tools.evaluate import evaluate
+        from splatseg_ns.trained_run import RunError, TrainedRun
+
+        try:
+            metrics = evaluate(TrainedRun(self.load_config), self.benchmark)
+        except RunError as err:
+            _fail(err)
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        self.output.write_text(json.dumps(metrics, indent=1))
+        for p in metrics["prompts"]:
+            print(f"{p['name']:>20}  IoU {p['iou']:.3f}  acc {p['accuracy']:.3f}  boundary IoU {p['boundary_iou']:.3f}")
+        o = metrics["overall"]
+        print(f"{'overall':>20}  mIoU {o['mIoU']:.3f}  mAcc {o['mAcc']:.3f}  mBIoU {o['mBIoU']:.3f}  -> {self.output}")
+
+
+@dataclass
+class MakeBenchmark:
+    """Write a benchmark folder (prompts.json + gt masks) from a dataset's object masks."""
+
+    data: Path
+    """Dataset folder."""
+    output: Path
+    """Benchmark folder to write."""
+    prompt_view: str
+    """Image whose masks give the prompts (one click per object, deep inside it)."""
+    score_views: List[str]
+    """Images to score the selections on."""
+    source: Literal["coarse", "fine", "alpha"] = "coarse"
+    """Object masks from DATA/coarse or DATA/fine instance maps, or from the images' alpha channel."""
+
+    def main(self) -> None:
+        from splatseg_ns.tools.benchmark_data import write_benchmark
+
+        try:
+            prompts = write_benchmark(self.data, self.output, self.source, self.prompt_view, self.score_views)
+        except (ValueError, FileNotFoundError) as err:
+            _fail(err)
+        print(f"Wrote {len(prompts)} prompts, scored on {len(self.score_views)} views, to {self.output}")
+
+
 Commands = Union[
     Annotated[Demo, tyro.conf.subcommand("demo")],
     Annotated[DemoData, tyro.conf.subcommand("demo-data")],
+    Annotated[Select, tyro.conf.subcommand("select")],
+    Annotated[Export, tyro.conf.subcommand("export")],
+    Annotated[Eval, tyro.conf.subcommand("eval")],
+    Annotated[MakeBenchmark, tyro.conf.subcommand("make-benchmark")],
 ]
 
 

@@ -327,6 +327,11 @@ class SplatsegModel(SplatfactoModel):
     @torch.no_grad()
     def render_seg_features(self, camera: Cameras) -> torch.Tensor:
         """Features of one camera at its full resolution, without gradients and without touching training state."""
+        return self.render_values(camera, self.seg_features)
+
+    @torch.no_grad()
+    def render_values(self, camera: Cameras, values: torch.Tensor) -> torch.Tensor:
+        """Alpha-blend any per-Gaussian values [N, C] into one camera's image [H, W, C] (features, selection masks)."""
         geometry = dict(
             means=self.means,
             quats=self.quats,
@@ -340,7 +345,7 @@ class SplatsegModel(SplatfactoModel):
             rasterize_mode=self.config.rasterize_mode,
         )
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
-        return self._render_features(rasterize, geometry, self.seg_features)
+        return self._render_features(rasterize, geometry, values.to(self.device))
 
     def _render_rgb(self, rasterize, geometry, gaussians) -> Dict[str, torch.Tensor]:
         """Splatfacto's colour render (SH schedule, background, depth), on the chosen rasteriser."""

@@ -1,0 +1,77 @@
+"""Write the contract's benchmark format (prompts.json + gt/<name>/<stem>.png) from object masks.
+
+Two sources of per-view object masks:
+- "coarse" / "fine": instance-id maps (the `DIR/coarse|fine/<stem>.png` folders, e.g. the demo
+  scene): one prompt per instance visible in the prompt view;
+- "alpha": the images' alpha channel (e.g. the NeRF-synthetic lego scene): one prompt, "object".
+Each prompt clicks the prompt view once, at the pixel deepest inside the object (the maximum of
+its distance transform), and is scored on the score views.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Literal, Sequence
+
+import numpy as np
+from PIL import Image
+
+from splatseg_ns.core.masks import FolderMasks
+
+Source = Literal["coarse", "fine", "alpha"]
+
+
+def find_image(data_dir: Path, name: str) -> Path:
+    """An image of the dataset by file name or stem (searched recursively)."""
+    matches = [p for p in Path(data_dir).rglob("*") if p.is_file() and (p.name == name or p.stem == name)
+               and p.suffix.lower() in (".png", ".jpg", ".jpeg")]
+    images = [p for p in matches if p.parent.name not in ("coarse", "fine")]
+    if not images:
+        raise FileNotFoundError(f"No image named {name!r} under {data_dir}.")
+    return sorted(images)[0]
+
+
+def object_masks(data_dir: Path, image: Path, source: Source) -> Dict[str, np.ndarray]:
+    """name -> bool [H, W] for every object visible in this image."""
+    with Image.open(image) as im:
+        size = im.size
+        if source == "alpha":
+            if "A" not in im.getbands():
+                raise ValueError(f"{image} has no alpha channel to take the object mask from.")
+            return {"object": np.array(im.getchannel("A")) > 127}
+    ids = FolderMasks(Path(data_dir)).load(image, (size[1], size[0]))[0 if source == "coarse" else 1]
+    return {f"{source}_{i}": ids == i for i in np.unique(ids) if i > 0}
+
+
+def deepest_pixel(mask: np.ndarray) -> List[int]:
+    """(x, y) of the pixel farthest from the mask's border: a click that surely lands on the object."""
+    from scipy.ndimage import distance_transform_edt
+
+    y, x = np.unravel_index(np.argmax(distance_transform_edt(mask)), mask.shape)
+    return [int(x), int(y)]
+
+
+def write_benchmark(data_dir: Path, output_dir: Path, source: Source, prompt_view: str,
+                    score_views: Sequence[str], min_pixels: int = 20) -> List[dict]:
+    """Write prompts.json and gt masks; returns the prompts."""
+    data_dir, output_dir = Path(data_dir), Path(output_dir)
+    prompt_image = find_image(data_dir, prompt_view)
+    level = "fine" if source == "fine" else "coarse"
+    prompts = []
+    score_masks = {view: object_masks(data_dir, find_image(data_dir, view), source) for view in score_views}
+    for name, mask in object_masks(data_dir, prompt_image, source).items():
+        if mask.sum() < min_pixels:
+            continue
+        prompts.append({"name": name, "view": prompt_image.name, "positive": [deepest_pixel(mask)],
+                        "negative": [], "level": level})
+        for view, masks in score_masks.items():
+            gt = masks.get(name, np.zeros_like(mask))
+            path = output_dir / "gt" / name / f"{Path(view).stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((gt * 255).astype(np.uint8)).save(path)
+    if not prompts:
+        raise ValueError(f"No object of at least {min_pixels} pixels in {prompt_image} ({source} masks).")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "prompts.json").write_text(json.dumps(prompts, indent=1))
+    return prompts
