@@ -56,3 +56,16 @@ def test_render_predicted_over_cap_is_skipped_with_a_note():
     assert rows[0]["render_ms"] is not None and "over" in rows[0]["render_note"]
     assert rows[1]["render_ms"] is None and rows[1]["render_note"].startswith("skipped")
     assert "skipped" in format_table(rows)
+
+
+def test_goal_verdict_leaves_out_rows_whose_floor_contention_inflated(tiny_rows):
+    fine, contended = dict(tiny_rows[0]), dict(tiny_rows[1])
+    fine.update(threads=2, click_ms=0.1, floor_compare_ms=0.08, floor_compare_1thread_ms=0.08, ratio_vs_compare=1.25)
+    contended.update(
+        threads=2, click_ms=0.1, floor_compare_ms=8.0, floor_compare_1thread_ms=0.5, ratio_vs_compare=0.0125
+    )
+    table = format_table([fine, contended])
+    goal = next(line for line in table.splitlines() if line.startswith("Goal"))
+    assert "met at 1000" in goal and "not judged at 5000" in goal and "missed" not in goal
+    assert "--threads 1" in table
+    assert "met at" not in format_table([contended]).split("Goal", 1)[1].splitlines()[0]

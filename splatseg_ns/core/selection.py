@@ -140,17 +140,28 @@ def select_by_clicks(
     Conflicts (a negative click on a candidate that a positive click also picked): the negative
     wins and the whole candidate is dropped, because a candidate is the unit of selection and the
     user said that pixel is not the object (switch to the fine level to split it). If `features`
-    [N, D_level] is given, the conflicted candidate is split instead: its Gaussians whose cosine
-    to the nearest positive click exceeds that to the nearest negative click stay.
+    [N, D_level] is given, the conflicted candidate is split instead, by the clicks on it alone: its
+    Gaussians whose cosine to the nearest positive click on it exceeds that to every negative click
+    on it stay (so the same pixel clicked positive then negative removes the candidate).
     """
     num_candidates = centers.shape[0]
     kept, conflicted, _ = click_candidate_ids(centers, positive_features, negative_features)
     selected = select_candidates(assignment, kept, num_candidates, similarity, threshold)
     if features is not None and conflicted.numel() > 0:
-        members = select_candidates(assignment, conflicted, num_candidates, similarity, threshold)
-        index = members.nonzero().squeeze(-1)
-        closer = select_by_similarity(features[index], positive_features, negative_features, threshold=-1.0)
-        selected[index[closer]] = True
+        # Split each conflicted candidate by its own clicks only: a Gaussian stays when it is strictly
+        # closer to a positive click on that candidate than to every negative click on it (ties: negative).
+        positive_ids = nearest_candidates(positive_features, centers)
+        negative_ids = nearest_candidates(negative_features, centers)
+        for candidate in conflicted:
+            members = select_candidates(assignment, candidate[None], num_candidates, similarity, threshold)
+            index = members.nonzero().squeeze(-1)
+            closer = select_by_similarity(
+                features[index],
+                positive_features[positive_ids == candidate],
+                negative_features[negative_ids == candidate],
+                threshold=-1.0,
+            )
+            selected[index[closer]] = True
     return selected
 
 
