@@ -74,10 +74,10 @@ class Select:
 
     load_config: Path
     """config.yml of a trained splatseg run."""
-    view: str
-    """The image the clicks are on, by file name (e.g. frame_00001.png), from the training or eval split."""
     output: Path
     """Selection file (JSON) to write."""
+    view: Optional[str] = None
+    """The image the clicks are on, by file name (e.g. frame_00001.png), from the training or eval split."""
     click: Clicks = field(default_factory=list)
     """A pixel X Y on the object (repeat --click for more)."""
     negative: Clicks = field(default_factory=list)
@@ -86,16 +86,23 @@ class Select:
     """coarse: the whole object; fine: the part."""
     threshold: Optional[float] = None
     """Also require each Gaussian's cosine similarity to the clicked candidate to be at least this."""
+    text: Optional[str] = None
+    """Select by name instead of clicks (e.g. "mushroom"); needs a run trained with text queries (CLIP)."""
 
     def main(self) -> None:
         from splatseg_ns.selection_file import write_selection
-        from splatseg_ns.tools.select import select_by_view_clicks
+        from splatseg_ns.tools.select import select_by_text_query, select_by_view_clicks
         from splatseg_ns.trained_run import RunError, TrainedRun
 
+        if self.text is None and (self.view is None or not self.click):
+            _fail(ValueError("give --view NAME with --click X Y (repeatable), or --text NAME"))
         try:
             run = TrainedRun(self.load_config)
-            selection = select_by_view_clicks(run, self.view, self.click, self.negative, self.level, self.threshold)
-        except RunError as err:
+            if self.text is not None:
+                selection = select_by_text_query(run, self.text, self.level, self.threshold)
+            else:
+                selection = select_by_view_clicks(run, self.view, self.click, self.negative, self.level, self.threshold)
+        except (RunError, RuntimeError) as err:
             _fail(err)
         write_selection(self.output, selection)
         print(f"Selected {len(selection.indices)} of {run.model.num_points} Gaussians ({self.level}); wrote {self.output}")

@@ -1,8 +1,11 @@
 """Full-image datamanager that hands each training image over with its two-level instance masks.
 
-Glue only: masks come from a mask source (`core.masks`), are resized nearest to the image and
-follow it through nerfstudio's undistortion, and ride along in the cached batch as
-`coarse_mask` / `fine_mask` int32 [H, W] tensors.
+Glue only: masks come from the user's folder (`core.masks`) or from SAM through the per-image
+cache (`core.cache`, filled on first use or by `splatseg masks`), are resized nearest to the
+image and follow it through nerfstudio's undistortion, and ride along in the cached batch as
+`coarse_mask` / `fine_mask` int32 [H, W] tensors. When asked, CLIP embeddings of every mask
+(`clip_<level>_ids` / `clip_<level>_emb`, for text queries) and DINO feature maps (`dino`,
+[h, w, k] at patch resolution, for distillation) ride along too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from nerfstudio.cameras.cameras import CameraType
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
+from splatseg_ns.core.clip_embeddings import ClipConfig
+from splatseg_ns.core.dino_features import DinoConfig
 from splatseg_ns.core.masks import MaskError, mask_source_from, undistort_instance_map
+from splatseg_ns.core.sam_masks import SamMaskConfig
 
 
 @dataclass
@@ -27,8 +33,23 @@ class SplatsegDataManagerConfig(FullImageDatamanagerConfig):
     """Full images plus coarse/fine instance masks per training image."""
 
     _target: Type = field(default_factory=lambda: SplatsegDataManager)
+    mask_source: Literal["auto", "folder", "sam"] = "auto"
+    """Where the two-level masks come from: 'folder' (coarse/ and fine/ PNGs you bring), 'sam' (SAM's automatic
+    masks, computed once and cached), 'auto' (the folder when it exists, else SAM)."""
     mask_dir: Optional[Path] = None
     """Folder that holds coarse/ and fine/ instance-id PNGs named like the images (default: the --data folder)."""
+    cache_dir: Optional[Path] = None
+    """Where SAM masks, CLIP embeddings and DINO features are cached (default: DATA/splatseg_cache)."""
+    sam: SamMaskConfig = field(default_factory=SamMaskConfig)
+    """SAM model and automatic mask generator settings (mask source 'sam')."""
+    text_queries: bool = False
+    """Embed every mask with CLIP, so that segments can be selected by name (splatseg select --text)."""
+    clip: ClipConfig = field(default_factory=ClipConfig)
+    """CLIP model for the mask embeddings (with --pipeline.datamanager.text-queries)."""
+    dino: bool = False
+    """Extract DINO feature maps to distil into the Gaussians (segment-everything by DINO + position)."""
+    dino_config: DinoConfig = field(default_factory=DinoConfig)
+    """DINO model, resolution and PCA size (with --pipeline.datamanager.dino)."""
 
 
 class SplatsegDataManager(FullImageDatamanager[InputDataset]):
@@ -49,8 +70,37 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             self._attach_masks(dataset, cameras_before_undistortion, cached)
         return cached
 
+    def _data_dir(self) -> Path:
+        data = Path(self.config.dataparser.data)
+        return data.parent if data.is_file() else data  # some parsers take transforms.json itself
+
+    def _mask_source(self, image_paths: List[Path]):
+        """FolderMasks or CachedMasks, with every extraction this run needs done (progress bars, resumable)."""
+        from splatseg_ns.core import cache as cache_module
+
+        data_dir = self._data_dir()
+        folder = mask_source_from(self.config.mask_dir, data_dir)
+        use_folder = self.config.mask_source == "folder" or (
+            self.config.mask_source == "auto" and (folder.root / "coarse").is_dir()
+        )
+        extractors = []
+        if not use_folder or self.config.text_queries:  # CLIP embeds the cached masks
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            extractors.append(
+                cache_module.folder_extractor(folder.root) if use_folder
+                else cache_module.sam_extractor(self.config.sam, device)
+            )
+            if self.config.text_queries:
+                extractors.append(cache_module.clip_extractor(self.config.clip, device))
+        if self.config.dino:
+            extractors.append(cache_module.dino_extractor(self.config.dino_config, "cuda" if torch.cuda.is_available() else "cpu"))
+        self.feature_cache = cache_module.FeatureCache(data_dir, self.config.cache_dir)
+        if extractors:
+            cache_module.extract_all(image_paths, extractors, self.feature_cache.cache_dir, data_dir=data_dir)
+        return folder if use_folder else cache_module.CachedMasks(self.feature_cache)
+
     def _attach_masks(self, dataset: InputDataset, cameras, cached: List[Dict[str, torch.Tensor]]) -> None:
-        source = mask_source_from(self.config.mask_dir, Path(self.config.dataparser.data))
+        source = self._mask_source([Path(p) for p in dataset.image_filenames])
         source.check()
         device = self.device if cached and cached[0]["image"].device.type != "cpu" else "cpu"
         for idx in track(range(len(cached)), description="Loading instance masks", transient=True):
@@ -70,3 +120,10 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
                 raise MaskError(f"Masks of {dataset.image_filenames[idx]} undistorted to {coarse.shape}, image to {image_hw}.")
             cached[idx]["coarse_mask"] = torch.from_numpy(coarse).to(device)
             cached[idx]["fine_mask"] = torch.from_numpy(fine).to(device)
+            image_path = Path(dataset.image_filenames[idx])
+            if self.config.text_queries:
+                for level, (ids, emb) in self.feature_cache.load_clip(image_path).items():
+                    cached[idx][f"clip_{level}_ids"] = torch.from_numpy(ids).long()
+                    cached[idx][f"clip_{level}_emb"] = torch.from_numpy(emb)
+            if self.config.dino:
+                cached[idx]["dino"] = torch.from_numpy(self.feature_cache.load_dino(image_path).astype("float32"))

@@ -25,7 +25,13 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
 from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
 
-from splatseg_ns.core.global_candidates import GFLConfig, GlobalCandidates, build_global_candidates, two_level_gfl_loss
+from splatseg_ns.core.global_candidates import (
+    GFLConfig,
+    GlobalCandidates,
+    build_global_candidates,
+    candidate_embeddings,
+    two_level_gfl_loss,
+)
 from splatseg_ns.core.losses import (
     feature_norm_2d_loss,
     feature_norm_3d_loss,
@@ -175,8 +181,9 @@ class SplatsegModel(SplatfactoModel):
         self.step = 0
         self._neighbours: Optional[torch.Tensor] = None  # kNN of the frozen means, for the smoothness term
         self.candidates: Optional[GlobalCandidates] = None  # GFL's global candidates, once built
-        for level in ("coarse", "fine"):  # their centres ride in checkpoints, for the selection tools
+        for level in ("coarse", "fine"):  # their centres (and CLIP embeddings) ride in checkpoints, for the tools
             self.register_buffer(f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level)))
+            self.register_buffer(f"candidate_clip_{level}", torch.zeros(0, 0))
 
     def _level_dim(self, level: str) -> int:
         return self.config.coarse_feature_dim if level == "coarse" else self.config.seg_feature_dim
@@ -195,9 +202,9 @@ class SplatsegModel(SplatfactoModel):
             n = dict["gauss_params.means"].shape[0]
             dict["gauss_params.seg_features"] = init_seg_features(n, self.config.seg_feature_dim)
         for level in ("coarse", "fine"):  # candidate counts differ from run to run
-            key = f"candidate_centers_{level}"
-            dict.setdefault(key, torch.zeros(0, self._level_dim(level)))
-            setattr(self, key, torch.zeros_like(dict[key], device=self.device))
+            for key, empty in ((f"candidate_centers_{level}", (0, self._level_dim(level))), (f"candidate_clip_{level}", (0, 0))):
+                dict.setdefault(key, torch.zeros(empty))
+                setattr(self, key, torch.zeros_like(dict[key], device=self.device))
         return super().load_state_dict(dict, **kwargs)
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
@@ -251,6 +258,12 @@ class SplatsegModel(SplatfactoModel):
             views(), self.config.coarse_feature_dim, self.config.gfl, num_views=len(cameras)
         )
         self.set_candidates(candidates)
+        cached = datamanager.cached_train
+        if cached and "clip_coarse_ids" in cached[0]:  # text queries: candidates gather their masks' CLIP embeddings
+            for level in ("coarse", "fine"):
+                per_view = [(data[f"clip_{level}_ids"], data[f"clip_{level}_emb"]) for data in cached]
+                embeddings = candidate_embeddings(candidates.level(level), per_view)
+                setattr(self, f"candidate_clip_{level}", embeddings.to(self.device))
         return candidates
 
     def set_candidates(self, candidates: GlobalCandidates) -> None:

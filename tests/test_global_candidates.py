@@ -263,3 +263,23 @@ def test_two_level_loss_uses_coarse_channels_for_coarse_candidates():
     torch.testing.assert_close(out["gfl_coarse_pull"], torch.tensor(0.0))
     torch.testing.assert_close(out["gfl_coarse_push"], torch.tensor(0.6))  # 0.6 > tau_coarse 0.5
     assert out["gfl_fine_pull"] == 0 and out["gfl_fine_push"] == 0
+
+
+def test_candidate_embeddings_average_their_masks_embeddings():
+    from splatseg_ns.core.global_candidates import LevelCandidates, candidate_embeddings
+
+    # two views; candidate 0 gathers (view 0, id 3) and (view 1, id 1); candidate 1 gathers (view 0, id 5)
+    level = LevelCandidates(
+        centers=torch.eye(3)[:2],
+        mask_features=torch.zeros(4, 3),
+        mask_labels=torch.tensor([0, 1, 0, -1]),
+        mask_views=torch.tensor([0, 0, 1, 1]),
+        mask_ids=torch.tensor([3, 5, 1, 2]),
+        mask_areas=torch.ones(4),
+    )
+    e = torch.eye(4)
+    per_view = [(torch.tensor([3, 5]), e[[0, 1]]), (torch.tensor([1, 2]), e[[2, 3]])]
+    out = candidate_embeddings(level, per_view)
+    assert out.shape == (2, 4)
+    torch.testing.assert_close(out[0], torch.tensor([1.0, 0, 1, 0]) / 2**0.5)
+    torch.testing.assert_close(out[1], e[1])

@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from splatseg_ns.core.selection import (
+    ClickIndex,
     click_candidate_ids,
     level_features,
     level_slice,
     nearest_candidates,
     precompute_assignment,
+    precompute_click_index,
     rank_candidates_by_text,
     segment_everything_by_candidates,
     segment_everything_by_clustering,
@@ -139,6 +141,112 @@ def test_conflict_split_when_features_are_given():
     # Other positive candidates are still selected whole beside the split one.
     both = select_by_clicks(assignment, similarity, centers, torch.cat([pos, centers[2:3]]), neg, features=features)
     assert torch.equal(both, half | (truth == 2))
+
+
+def _reference_select(assignment, similarity, centers, positive, negative, threshold, features):
+    """select_by_clicks spelled out one Gaussian and one click at a time (float64 cosines)."""
+    k = centers.shape[0]
+    unit = F.normalize(centers.double(), dim=-1)
+
+    def candidate(click):
+        return int((F.normalize(click.double(), dim=0) @ unit.T).argmax()) if k else -1
+
+    pos_ids = [candidate(c) for c in positive]
+    neg_ids = [candidate(c) for c in negative]
+    out = torch.zeros(assignment.shape[0], dtype=torch.bool)
+    for i, a in enumerate(assignment.tolist()):
+        if a < 0 or a not in pos_ids or (threshold is not None and not similarity[i] >= threshold):
+            continue
+        if a not in neg_ids:
+            out[i] = True
+        elif features is not None:  # conflicted: split by the clicks on this candidate only
+            f = F.normalize(features[i].double(), dim=0)
+            best_pos = max(float(f @ F.normalize(c.double(), dim=0)) for c, j in zip(positive, pos_ids) if j == a)
+            best_neg = max(float(f @ F.normalize(c.double(), dim=0)) for c, j in zip(negative, neg_ids) if j == a)
+            out[i] = best_pos > best_neg and best_pos > -1.0
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_click_index_matches_reference_on_random_data(seed):
+    g = torch.Generator().manual_seed(seed)
+    k = [0, 1, 2, 5, 9][seed % 5]
+    n, dim = int(torch.randint(0, 300, (1,), generator=g)), 6
+    centers = torch.randn(k, dim, generator=g) * torch.rand(k, 1, generator=g).add(0.5)  # not unit
+    features = torch.randn(n, dim, generator=g)
+    if k:
+        # Clicks near candidates, so positives and negatives often land on the same one.
+        clicks = centers[torch.randint(0, k, (12,), generator=g)] + 0.6 * torch.randn(12, dim, generator=g)
+    else:
+        clicks = torch.randn(12, dim, generator=g)
+    num_pos, num_neg = int(torch.randint(0, 5, (1,), generator=g)), int(torch.randint(0, 5, (1,), generator=g))
+    positive, negative = clicks[:num_pos], clicks[6 : 6 + num_neg]
+    if seed % 3 == 0 and num_pos and num_neg:
+        negative = torch.cat([negative, positive[:1]])  # the same pixel clicked both ways
+    assignment, similarity = precompute_assignment(features, centers)
+    # Unassigned Gaussians and ids outside [0, K) as a hand-made assignment may hold.
+    unassigned = torch.rand(n, generator=g) < 0.15
+    assignment = torch.where(unassigned, torch.full_like(assignment, -1), assignment)
+    similarity = torch.where(unassigned, torch.full_like(similarity, -1.0), similarity)
+    index = ClickIndex.from_assignment(assignment, similarity, centers)
+    for threshold in (None, 0.3):
+        for with_features in (False, True):
+            f = features if with_features else None
+            expected = _reference_select(assignment, similarity, centers, positive, negative, threshold, f)
+            got = index.select(positive, negative if num_neg or seed % 3 == 0 else None, threshold, features=f)
+            assert torch.equal(got, expected), (seed, threshold, with_features)
+            legacy = select_by_clicks(assignment, similarity, centers, positive, negative, threshold, features=f)
+            assert torch.equal(legacy, expected)
+
+
+def test_click_index_equals_select_by_clicks_and_precompute():
+    centers = orthogonal_centers(5, 24)
+    features, truth = blobs(centers, 100, noise=0.1)
+    index = precompute_click_index(features, centers)
+    assignment, similarity = precompute_assignment(features, centers)
+    assert torch.equal(index.assignment, assignment) and torch.equal(index.similarity, similarity)
+    assert index.num_candidates == 5 and torch.equal(index.slots, assignment)
+    torch.testing.assert_close(index.unit_centers.norm(dim=-1), torch.ones(5))
+    pos, neg = torch.stack([centers[1], centers[3]]), centers[3][None]
+    assert torch.equal(index.select(pos, neg), select_by_clicks(assignment, similarity, centers, pos, neg))
+    assert torch.equal(index.select(pos, neg), truth == 1)
+    assert not index.select(torch.zeros(0, 24)).any()
+    with pytest.raises(ValueError, match="12"):
+        index.select(torch.randn(1, 12))
+    no_similarity = ClickIndex.from_assignment(assignment, None, centers)
+    assert torch.equal(no_similarity.select(pos), (truth == 1) | (truth == 3))
+    with pytest.raises(ValueError):
+        no_similarity.select(pos, threshold=0.5)
+    # Unassigned (-1) and out-of-range ids go to the always-False slot K.
+    odd = ClickIndex.from_assignment(torch.tensor([0, -1, 4, 7, 2]), None, centers[:3])
+    assert odd.slots.tolist() == [0, 3, 3, 3, 2]
+    assert odd.select(centers[:3]).tolist() == [True, False, False, False, True]
+
+
+@pytest.mark.parametrize("with_features", [False, True])
+def test_same_pixel_positive_then_negative_removes_its_candidate(with_features):
+    centers = orthogonal_centers(4, 24)
+    features, truth = blobs(centers, 150, noise=0.15)
+    assignment, similarity = precompute_assignment(features, centers)
+    index = ClickIndex.from_assignment(assignment, similarity, centers)
+    f = features if with_features else None
+    pixel = features[truth == 2][7][None]  # the rendered feature at the clicked pixel
+    other = centers[0][None]
+    assert torch.equal(index.select(pixel, features=f), truth == 2)
+    # Clicked positive, then the same pixel negative: the candidate is gone, the other click stays.
+    assert not index.select(pixel, pixel, features=f).any()
+    assert torch.equal(index.select(torch.cat([pixel, other]), pixel, features=f), truth == 0)
+    assert torch.equal(select_by_clicks(assignment, similarity, centers, torch.cat([pixel, other]), pixel,
+                                        features=f), truth == 0)  # fmt: skip
+    # A second positive on that candidate (its centre): without features the negative still drops the
+    # whole candidate; with them the candidate is split between that positive and the negative pixel.
+    split = index.select(torch.cat([pixel, centers[2][None]]), pixel, features=f)
+    if with_features:
+        f_unit = F.normalize(features, dim=-1)
+        closer = (f_unit @ F.normalize(centers[2], dim=0)) > (f_unit @ F.normalize(pixel[0], dim=0))
+        assert torch.equal(split, (truth == 2) & closer) and 0 < int(split.sum()) < int((truth == 2).sum())
+    else:
+        assert not split.any()
 
 
 def test_threshold_keeps_only_confident_members():

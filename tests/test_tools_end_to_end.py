@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from splatseg_ns.core.ply import ply_property_names, read_gaussians_ply
 from splatseg_ns.selection_file import SelectionError, read_selection, write_selection
@@ -126,3 +127,23 @@ def test_bad_input_ends_in_clear_errors(run, objects, tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(SelectionError, match="not a splatseg selection"):
         read_selection(tmp_path / "other.json")
+
+
+def test_text_query_picks_the_candidate_whose_masks_match(run):
+    from splatseg_ns.tools.select import level_index, select_by_text_query
+
+    with pytest.raises(RunError, match="no CLIP embeddings"):
+        select_by_text_query(run, "mushroom", encode_text=lambda texts: None)
+    index = level_index(run, "coarse")
+    k = index.centers.shape[0]
+    embeddings = torch.eye(k + 2)[:k]  # candidate j "means" word j
+    embeddings[-1] = 0  # a candidate none of whose masks was embedded
+    run.model.candidate_clip_coarse = embeddings
+    try:
+        target = 1 if k > 2 else 0
+        word = lambda texts: (torch.eye(k + 2)[target] + 0.1 * torch.eye(k + 2)[k + 1])[None]  # noqa: E731
+        selection = select_by_text_query(run, "word one", encode_text=word)
+        expected = (index.assignment == target).nonzero().squeeze(-1).tolist()
+        assert selection.indices == expected and selection.prompts["text"] == "word one"
+    finally:
+        run.model.candidate_clip_coarse = torch.zeros(0, 0)

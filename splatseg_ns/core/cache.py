@@ -201,6 +201,7 @@ class Extractor:
         requires: products this one is computed from (CLIP embeds the cached masks).
         prepare: optional `prepare(cache, all image paths) -> extra settings`, run once before
             extraction (the DINO PCA basis is fit there); the extra settings join `settings`.
+        needs_path: `compute` also gets `image_path=` (masks the user brings are found by name).
     """
 
     product: str
@@ -209,8 +210,12 @@ class Extractor:
     compute: Callable[..., Dict[str, np.ndarray]]
     requires: Tuple[str, ...] = ()
     prepare: Optional[Callable[["FeatureCache", List[Path]], Dict[str, Any]]] = None
+    needs_path: bool = False
 
-    def __call__(self, image: np.ndarray, **inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def __call__(self, image: np.ndarray, image_path: Optional[Path] = None, **inputs: Dict[str, np.ndarray]
+                 ) -> Dict[str, np.ndarray]:
+        if self.needs_path:
+            return self.compute(image, image_path=image_path, **inputs)
         return self.compute(image, **inputs)
 
 
@@ -384,7 +389,7 @@ class FeatureCache:
         if image is None:
             image = load_image(image_path)
         required = {name: self._load_arrays(name, image_path) for name in extractor.requires}
-        arrays = extractor(image, **required)
+        arrays = extractor(image, image_path, **required)
         self.write(extractor.product, image_path, arrays, extractor.name, extractor.settings, inputs, image.shape[:2])
         return arrays, found
 
@@ -565,7 +570,7 @@ def extract_all(
             if image is None:
                 image = load_image(image_path)
             required = {name: cache._load_arrays(name, image_path) for name in extractor.requires}
-            arrays = extractor(image, **required)
+            arrays = extractor(image, image_path, **required)
             cache.write(
                 extractor.product, image_path, arrays, extractor.name, extractor.settings, inputs, image.shape[:2]
             )
@@ -613,6 +618,19 @@ def sam_extractor(sam_config=None, device: str = "cpu", model=None) -> Extractor
         return {"coarse": coarse.astype(dtype), "fine": fine.astype(dtype)}
 
     return Extractor(MASKS, "sam", sam.settings, compute)
+
+
+def folder_extractor(mask_dir: Path) -> Extractor:
+    """The user's own masks (`mask_dir/coarse|fine/<stem>.png`) as the masks product, so CLIP can embed them."""
+    from splatseg_ns.core.masks import FolderMasks
+
+    folder = FolderMasks(Path(mask_dir))
+
+    def compute(image: np.ndarray, image_path: Path) -> Dict[str, np.ndarray]:
+        coarse, fine = folder.load(image_path, image.shape[:2])
+        return {"coarse": coarse.astype(np.uint16), "fine": fine.astype(np.uint16)}
+
+    return Extractor(MASKS, "folder", {"mask_dir": str(Path(mask_dir).resolve())}, compute, needs_path=True)
 
 
 def dino_extractor(dino_config=None, device: str = "cpu", model=None) -> Extractor:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -391,3 +391,32 @@ def two_level_gfl_loss(
         "gfl_fine_pull": fine["pull"],
         "gfl_fine_push": fine["push"],
     }
+
+
+@torch.no_grad()
+def candidate_embeddings(
+    level: LevelCandidates,
+    per_view: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """[K, E] unit embeddings per candidate: the mean of the embeddings (e.g. CLIP) of the 2D masks
+    clustered into it; a zero row for a candidate none of whose masks has one.
+
+    per_view[v] = (mask ids [M_v], embeddings [M_v, E]) of view v, the ids those of `level.mask_ids`.
+    This is how a text query reaches segments: masks carry CLIP embeddings, candidates gather them.
+    """
+    num = level.num_candidates
+    dim = next((emb.shape[-1] for _, emb in per_view if emb.ndim == 2), 0)
+    sums = torch.zeros(num, dim)
+    if num == 0 or dim == 0:
+        return sums
+    for view, (ids, emb) in enumerate(per_view):
+        members = (level.mask_views == view) & (level.mask_labels >= 0)
+        if not members.any() or ids.numel() == 0:
+            continue
+        lookup = {int(i): row for row, i in enumerate(ids.tolist())}
+        for mask_id, label in zip(level.mask_ids[members].tolist(), level.mask_labels[members].tolist()):
+            row = lookup.get(int(mask_id))
+            if row is not None:
+                sums[label] += emb[row].float()
+    norms = sums.norm(dim=-1, keepdim=True)
+    return torch.where(norms > 0, sums / norms.clamp_min(1e-12), sums)

@@ -3,8 +3,10 @@
 Click-Gaussian (arXiv 2407.11793, Sec. 3.4): the rendered feature at a clicked pixel picks the
 nearest global candidate of the chosen level, and the object is the set of Gaussians assigned to
 that candidate. The per-Gaussian assignment (argmax cosine to the candidates) does not depend on
-the click, so it is computed once per level (`precompute_assignment`); a click is then a table
-lookup over the assignment, well under a millisecond at 1M Gaussians on one CPU thread.
+the click, so it is computed once per level (`precompute_assignment`; `precompute_click_index`
+also keeps the unit candidates and the gather slots a click needs); a click is then one small
+matmul and one table lookup over the assignment (`ClickIndex.select`), about as fast as a single
+`assignment == k` pass and with no host synchronisation on CUDA.
 
 Relies on the data model of `global_candidates`: features F [N, 24], coarse level F[:, :12],
 fine level all 24 channels (the granularity prior); candidates are unit vectors [K, D_level].
@@ -15,6 +17,7 @@ feature, position weighted high, as the "segment everything" of the source proje
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional, Tuple
 
 import numpy as np
@@ -51,19 +54,133 @@ def precompute_assignment(
     features: [N, D_level]; centers: [K, D_level]. Returns (assignment [N] long,
     similarity [N] float32), computed in chunks by `global_candidates.assign_to_candidates` (the
     GFL targets are the same assignment). With K == 0 every assignment is -1 (selects nothing)
-    and every similarity -1.
+    and every similarity -1. `precompute_click_index` wraps the result for fast clicks.
     """
     return assign_to_candidates(features.float(), centers, chunk_size=chunk_size)
 
 
+@dataclass(frozen=True)
+class ClickIndex:
+    """Everything a click needs that does not depend on the click, built once per level.
+
+    assignment [N] long (-1: no candidate) and similarity [N] as `precompute_assignment` returns
+    them; unit_centers [K, D_level] float32, the L2-normalised candidates; slots [N] long, the
+    assignment with every id outside [0, K) (-1) mapped to K, so a K+1 lookup table whose last
+    entry stays False can be gathered by `index_select` on any device without a bounds failure
+    (None: the table is gathered by the assignment itself, as `select_candidates` does).
+    Build it with `precompute_click_index` (from features) or `ClickIndex.from_assignment`.
+    """
+
+    assignment: torch.Tensor
+    similarity: Optional[torch.Tensor]
+    unit_centers: torch.Tensor
+    slots: Optional[torch.Tensor]
+
+    @classmethod
+    @torch.no_grad()
+    def from_assignment(
+        cls, assignment: torch.Tensor, similarity: Optional[torch.Tensor], centers: torch.Tensor
+    ) -> "ClickIndex":
+        """The index of an assignment already computed against `centers` [K, D_level] (one pass over N)."""
+        num_candidates = centers.shape[0]
+        assignment = assignment.reshape(-1).long()
+        unit_centers = _unit(centers.to(assignment.device))
+        valid = (assignment >= 0) & (assignment < num_candidates)
+        slots = torch.where(valid, assignment, torch.full_like(assignment, num_candidates))
+        return cls(assignment, similarity, unit_centers, slots)
+
+    @property
+    def num_candidates(self) -> int:
+        return self.unit_centers.shape[0]
+
+    @torch.no_grad()
+    def select(
+        self,
+        positive_features: torch.Tensor,
+        negative_features: Optional[torch.Tensor] = None,
+        threshold: Optional[float] = None,
+        features: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """bool [N]: the Gaussians of the candidates the positive clicks pick, minus the negatives'.
+
+        Same rule as `select_by_clicks` (see there), in a fixed number of small ops plus one
+        gather over N and no host synchronisation: the clicks, positive and negative stacked, go
+        through one [P+Q, D] x [D, K] product whose row argmax is each click's candidate (the
+        centres are unit, so the clicks need no normalising); a K+1 table is set True at the
+        positive candidates then False at the negative ones (negative wins) and gathered by the
+        slots. Only with `features` and negative clicks are conflicted candidates looked for
+        (one synchronisation) and split by their own clicks.
+        """
+        device = self.assignment.device
+        num_candidates, dim = self.unit_centers.shape
+        positive = _rows(positive_features, dim, device)
+        negative = _rows(negative_features, dim, device)
+        num_positive, num_negative = positive.shape[0], negative.shape[0]
+        if threshold is not None and self.similarity is None:
+            raise ValueError("a similarity threshold needs the per-Gaussian similarity")
+        if num_candidates == 0 or num_positive == 0:
+            return torch.zeros(self.assignment.shape, dtype=torch.bool, device=device)
+        clicks = torch.cat([positive, negative]) if num_negative > 0 else positive
+        click_ids = (clicks.float() @ self.unit_centers.T).argmax(dim=-1)
+        positive_ids, negative_ids = click_ids[:num_positive], click_ids[num_positive:]
+        table = torch.zeros(num_candidates + 1, dtype=torch.bool, device=device)
+        table.index_fill_(0, positive_ids, True)
+        if num_negative > 0:
+            table.index_fill_(0, negative_ids, False)
+        selected = _gather(table, self.assignment) if self.slots is None else table.index_select(0, self.slots)
+        if threshold is not None:
+            selected &= self.similarity >= threshold
+        if features is not None and num_negative > 0:
+            self._split_conflicts(selected, positive, negative, positive_ids, negative_ids, threshold, features)
+        return selected
+
+    def _split_conflicts(
+        self,
+        selected: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        positive_ids: torch.Tensor,
+        negative_ids: torch.Tensor,
+        threshold: Optional[float],
+        features: torch.Tensor,
+    ) -> None:
+        """Add to `selected` the Gaussians of each conflicted candidate that are strictly closer to a
+        positive click on that candidate than to every negative click on it (ties: negative)."""
+        hit = torch.zeros(2, self.num_candidates, dtype=torch.bool, device=selected.device)
+        hit[0].index_fill_(0, positive_ids, True)
+        hit[1].index_fill_(0, negative_ids, True)
+        conflicted = (hit[0] & hit[1]).nonzero().squeeze(-1).tolist()  # the one host sync
+        for candidate in conflicted:
+            members = self.assignment == candidate
+            if threshold is not None:
+                members &= self.similarity >= threshold
+            index = members.nonzero().squeeze(-1)
+            positive_on, negative_on = positive[positive_ids == candidate], negative[negative_ids == candidate]
+            # A positive click equal to a negative one (the same pixel) ties with it on every Gaussian,
+            # so it can keep none; it is dropped so that rounding in the two products cannot break the tie.
+            repeated = (positive_on[:, None, :] == negative_on[None, :, :]).all(dim=-1).any(dim=-1)
+            closer = select_by_similarity(features[index], positive_on[~repeated], negative_on, threshold=-1.0)
+            selected[index[closer]] = True
+
+
+@torch.no_grad()
+def precompute_click_index(features: torch.Tensor, centers: torch.Tensor, chunk_size: int = CHUNK) -> ClickIndex:
+    """`precompute_assignment` plus what makes a click fast (unit centres, gather slots): once per level."""
+    assignment, similarity = precompute_assignment(features, centers, chunk_size=chunk_size)
+    return ClickIndex.from_assignment(assignment, similarity, centers)
+
+
 @torch.no_grad()
 def nearest_candidates(query_features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """Candidate id (argmax cosine) of each clicked pixel feature [P, D_level]; -1 when K == 0."""
+    """Candidate id (argmax cosine) of each clicked pixel feature [P, D_level]; -1 when K == 0.
+
+    The argmax of the dot product with the unit centres: normalising the query scales a row by a
+    positive number, which changes no argmax (the same computation as `ClickIndex.select`).
+    """
     query_features = _rows(query_features, centers.shape[-1], centers.device)
     if centers.shape[0] == 0 or query_features.shape[0] == 0:
         return torch.full((query_features.shape[0],), -1, dtype=torch.long, device=centers.device)
-    q = F.normalize(query_features.float(), dim=-1)
-    return (q @ F.normalize(centers.float(), dim=-1).T).argmax(dim=-1)
+    return (query_features.float() @ _unit(centers).T).argmax(dim=-1)
 
 
 @torch.no_grad()
@@ -76,29 +193,21 @@ def select_candidates(
 ) -> torch.Tensor:
     """bool [N]: Gaussians assigned to any of `candidate_ids` (and similarity >= threshold).
 
-    A lookup table `keep[K]` gathered by the assignment (`index_select`) is one pass over N,
-    faster than `isin` or one `==` per id. Ids outside [0, K) (-1) select nothing.
+    A lookup table `keep[K + 1]` gathered by the assignment (`index_select`) is one pass over N,
+    faster than `isin` or one `==` per id. Ids outside [0, K) (-1) select nothing: they set the
+    extra entry keep[K], which is cleared again (no boolean filter, no host sync).
     """
-    keep = torch.zeros(num_candidates + 1, dtype=torch.bool, device=assignment.device)
+    if threshold is not None and similarity is None:
+        raise ValueError("a similarity threshold needs the per-Gaussian similarity")
     ids = candidate_ids.reshape(-1).long().to(assignment.device)
-    ids = ids[(ids >= 0) & (ids < num_candidates)]
     if ids.numel() == 0:
         return torch.zeros(assignment.shape, dtype=torch.bool, device=assignment.device)
-    keep[ids] = True
-    # Unassigned Gaussians (-1) index the extra, always-False slot keep[K] (negative indices wrap).
-    selected = None
-    if assignment.device.type == "cpu":
-        # index_select is ~3x faster than advanced indexing on CPU but rejects -1; on CUDA an
-        # out-of-range index_select is a device-side assert, so it is only tried here.
-        try:
-            selected = keep.index_select(0, assignment)
-        except IndexError:
-            pass
-    if selected is None:
-        selected = keep[assignment]
+    keep = torch.zeros(num_candidates + 1, dtype=torch.bool, device=assignment.device)
+    valid = (ids >= 0) & (ids < num_candidates)
+    keep.index_fill_(0, torch.where(valid, ids, torch.full_like(ids, num_candidates)), True)
+    keep[num_candidates] = False
+    selected = _gather(keep, assignment)
     if threshold is not None:
-        if similarity is None:
-            raise ValueError("a similarity threshold needs the per-Gaussian similarity")
         selected &= similarity >= threshold
     return selected
 
@@ -112,6 +221,7 @@ def click_candidate_ids(
     """(kept, conflicted, negative) candidate ids of a set of clicks, each sorted and unique.
 
     kept = positive candidates not hit by any negative click; conflicted = candidates hit by both.
+    For inspection (it syncs with the host); `ClickIndex.select` does not use it.
     """
     positive = torch.unique(nearest_candidates(positive_features, centers))
     negative_features = _rows(negative_features, centers.shape[-1], centers.device)
@@ -143,26 +253,12 @@ def select_by_clicks(
     [N, D_level] is given, the conflicted candidate is split instead, by the clicks on it alone: its
     Gaussians whose cosine to the nearest positive click on it exceeds that to every negative click
     on it stay (so the same pixel clicked positive then negative removes the candidate).
+
+    Convenience form of `ClickIndex.select` that normalises the centres on every call and gathers
+    by the assignment itself; for interactive use build the index once (`precompute_click_index`).
     """
-    num_candidates = centers.shape[0]
-    kept, conflicted, _ = click_candidate_ids(centers, positive_features, negative_features)
-    selected = select_candidates(assignment, kept, num_candidates, similarity, threshold)
-    if features is not None and conflicted.numel() > 0:
-        # Split each conflicted candidate by its own clicks only: a Gaussian stays when it is strictly
-        # closer to a positive click on that candidate than to every negative click on it (ties: negative).
-        positive_ids = nearest_candidates(positive_features, centers)
-        negative_ids = nearest_candidates(negative_features, centers)
-        for candidate in conflicted:
-            members = select_candidates(assignment, candidate[None], num_candidates, similarity, threshold)
-            index = members.nonzero().squeeze(-1)
-            closer = select_by_similarity(
-                features[index],
-                positive_features[positive_ids == candidate],
-                negative_features[negative_ids == candidate],
-                threshold=-1.0,
-            )
-            selected[index[closer]] = True
-    return selected
+    index = ClickIndex(assignment, similarity, _unit(centers.to(assignment.device)), None)
+    return index.select(positive_features, negative_features, threshold, features=features)
 
 
 @torch.no_grad()
@@ -377,6 +473,23 @@ def _clustering_embedding(
         return torch.cat([physical_weight * p, feature_weight * f], dim=-1)
 
     return embed
+
+
+def _gather(table: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:
+    """table[assignment] for a K+1 table: unassigned Gaussians (-1) read the extra entry table[K]."""
+    if assignment.device.type == "cpu":
+        # index_select is ~3x faster than advanced indexing on CPU but rejects -1; on CUDA an
+        # out-of-range index_select is a device-side assert, so it is only tried here.
+        try:
+            return table.index_select(0, assignment)
+        except IndexError:
+            pass
+    return table[assignment]  # negative indices wrap: -1 -> K
+
+
+def _unit(centers: torch.Tensor) -> torch.Tensor:
+    """[K, D] float32 unit rows (the candidates are unit already; this makes sure, once)."""
+    return F.normalize(centers.float(), dim=-1)
 
 
 def _rows(features: Optional[torch.Tensor], dim: int, device: torch.device) -> torch.Tensor:
