@@ -14,7 +14,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from splatseg_ns.core.selection import ClickIndex, precompute_click_index
+from splatseg_ns.core.selection import ClickIndex, precompute_click_index, select_by_text, select_candidates
 from splatseg_ns.selection_file import Selection
 from splatseg_ns.trained_run import Level, RunError, TrainedRun, View
 
