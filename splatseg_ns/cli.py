@@ -13,6 +13,8 @@ from typing import List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
+from splatseg_ns.core.sam_masks import SamMaskConfig  # noqa: E402  (import-light: no torch)
+
 Clicks = Annotated[List[Tuple[float, float]], tyro.conf.UseAppendAction]
 Level = Literal["coarse", "fine"]
 
@@ -211,6 +213,69 @@ class MakeBenchmark:
         print(f"Wrote {len(prompts)} prompts, scored on {len(self.score_views)} views, to {self.output}")
 
 
+@dataclass
+class Masks:
+    """Precompute the per-image cache (SAM masks; optionally CLIP embeddings and DINO features) outside training."""
+
+    data: Path
+    """Dataset folder; every image under images/ (or the folder itself) is processed."""
+    cache_dir: Optional[Path] = None
+    """Cache folder (default: DATA/splatseg_cache), the one ns-train reads."""
+    shard: str = "0/1"
+    """i/n: process every n-th image starting at i, so n GPUs or machines share a big scene."""
+    clip: bool = False
+    """Also embed every mask with CLIP (for text queries)."""
+    dino: bool = False
+    """Also extract DINO feature maps (for distillation)."""
+    sam: SamMaskConfig = field(default_factory=SamMaskConfig)
+    """SAM model and mask generator settings."""
+
+    def main(self) -> None:
+        from splatseg_ns.core.cache import CacheError, WeightsError, run_masks_command
+
+        try:
+            i, n = (int(v) for v in self.shard.split("/"))
+            assert 0 <= i < n
+        except (ValueError, AssertionError):
+            _fail(ValueError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4"))
+        images = sorted(p for p in _dataset_images(self.data))
+        if not images:
+            _fail(FileNotFoundError(f"{self.data}: no images found (looked in images/ and the folder itself)."))
+        try:
+            run_masks_command(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n))
+        except (CacheError, WeightsError) as err:
+            _fail(err)
+
+
+def _dataset_images(data: Path) -> List[Path]:
+    suffixes = {".png", ".jpg", ".jpeg"}
+    folder = data / "images" if (data / "images").is_dir() else data
+    return [p for p in folder.iterdir() if p.suffix.lower() in suffixes]
+
+
+@dataclass
+class Bench:
+    """Print the speed table: click-to-selection latency next to its floors, text query, feature render, export."""
+
+    sizes: Tuple[int, ...] = (100_000, 1_000_000, 3_000_000)
+    """Numbers of Gaussians."""
+    device: Optional[str] = None
+    """cuda or cpu (default: cuda when present)."""
+    threads: Optional[int] = None
+    """CPU threads for torch (1 gives steadier numbers on a busy machine)."""
+    render: bool = True
+    """Also time the feature render at the click."""
+    export: bool = True
+    """Also time the PLY export."""
+
+    def main(self) -> None:
+        from splatseg_ns.bench import format_table, speed_table
+
+        rows = speed_table(self.sizes, self.device, include_render=self.render, include_export=self.export,
+                           threads=self.threads)
+        print(format_table(rows))
+
+
 Commands = Union[
     Annotated[Demo, tyro.conf.subcommand("demo")],
     Annotated[DemoData, tyro.conf.subcommand("demo-data")],
@@ -218,6 +283,8 @@ Commands = Union[
     Annotated[Export, tyro.conf.subcommand("export")],
     Annotated[Eval, tyro.conf.subcommand("eval")],
     Annotated[MakeBenchmark, tyro.conf.subcommand("make-benchmark")],
+    Annotated[Masks, tyro.conf.subcommand("masks")],
+    Annotated[Bench, tyro.conf.subcommand("bench")],
 ]
 
 
