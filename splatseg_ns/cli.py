@@ -59,15 +59,19 @@ class Demo:
     """Steps that then train the segmentation features."""
 
     def main(self) -> None:
-        from splatseg_ns.demo import demo_train_args, latest_config, run_ns_train
+        from splatseg_ns.demo import demo_train_args, latest_config, run_ns_train, showcase_selection
 
         if not (self.data / "transforms.json").exists():
             DemoData(self.data).main()
         run_ns_train(demo_train_args(self.data, self.output_dir, self.colour_steps, self.feature_steps))
         config = latest_config(self.output_dir, "demo")
+        shown = showcase_selection(config, self.data, config.parent / "demo_selection")
         print(f"\nDone. The trained run is {config.parent}")
-        print(f"  view it:   ns-viewer --load-config {config}")
-        print(f"  export it: ns-export gaussian-splat --load-config {config} --output-dir exports/")
+        print(f"  the clicked object:  {shown['object']}  (selection {shown['selection']})")
+        print(f"  picture:             {shown['picture']}  (image | render | selection | object alone)")
+        print(f"  view it:             ns-viewer --load-config {config}")
+        print(f"  select another:      splatseg select --load-config {config} --view frame_00003.png --click X Y "
+              "--output sel.json")
 
 
 @dataclass

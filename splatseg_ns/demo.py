@@ -1,4 +1,5 @@
-"""The built-in demo: write the procedural scene, train splatseg on it, say where the run is.
+"""The built-in demo: write the procedural scene, train splatseg on it, click an object, export it,
+and show the result as a picture.
 
 Small-scene settings for `ns-train splatseg` live here (`demo_train_args`) so that the demo,
 the end-to-end test and the benchmarks train the same way. On CPU the whole run takes a few
@@ -11,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 
 def demo_train_args(
@@ -74,3 +75,50 @@ def latest_config(output_dir: Path, experiment_name: str) -> Path:
     if not configs:
         raise FileNotFoundError(f"No splatseg run under {output_dir / experiment_name}.")
     return configs[-1]
+
+
+def showcase_selection(config: Path, data: Path, output_dir: Path, view: str = "frame_00001.png") -> Dict[str, Path]:
+    """After training: click the largest object of a view, save the selection, export it, and write a PNG
+    (the image | the render | the selection highlighted | the object alone) so a person can see it worked."""
+    import numpy as np
+    from PIL import Image
+
+    from splatseg_ns.selection_file import write_selection
+    from splatseg_ns.tools.benchmark_data import deepest_pixel, object_masks
+    from splatseg_ns.tools.evaluate import render_selection_mask
+    from splatseg_ns.tools.export import export_selection
+    from splatseg_ns.tools.select import select_by_view_clicks
+    from splatseg_ns.trained_run import TrainedRun
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    run = TrainedRun(config)
+    masks = object_masks(data, data / "images" / view, "coarse")
+    largest = max(masks.values(), key=lambda m: m.sum())
+    click = deepest_pixel(largest)
+    selection = select_by_view_clicks(run, view, [tuple(click)], level="coarse")
+    paths = {"selection": output_dir / "selection.json", "object": output_dir / "object.ply",
+             "picture": output_dir / "selection.png"}
+    write_selection(paths["selection"], selection)
+    export_selection(run, selection, paths["selection"], paths["object"])
+
+    target = run.view(view)
+    rgb = run.render(target)["rgb"].clamp(0, 1).cpu().numpy()
+    import torch
+
+    selected = torch.zeros(run.model.num_points, dtype=torch.bool, device=run.device)
+    selected[torch.tensor(selection.indices, dtype=torch.long, device=run.device)] = True
+    mask = render_selection_mask(run, target, selected)[..., None]
+    highlighted = np.where(mask, 0.5 * rgb + 0.5 * np.array([1.0, 0.1, 0.1]), 0.35 * rgb + 0.65)
+    alone = np.where(mask, rgb, 1.0)
+    image = np.asarray(Image.open(target.image_path).convert("RGB"), dtype=np.float32) / 255
+    x, y = click
+    for panel in (image, highlighted):  # mark the click
+        panel[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = (0.0, 0.0, 0.0)
+    strip = np.concatenate([image, rgb, highlighted, alone], axis=1)
+    scale = max(1, 256 // strip.shape[0])
+    picture = Image.fromarray((strip * 255).astype(np.uint8)).resize(
+        (strip.shape[1] * scale, strip.shape[0] * scale), Image.NEAREST
+    )
+    picture.save(paths["picture"])
+    print(f"Clicked ({x}, {y}) on {view}: {len(selection.indices)} of {run.model.num_points} Gaussians selected.")
+    return paths

@@ -147,3 +147,18 @@ def test_text_query_picks_the_candidate_whose_masks_match(run):
         assert selection.indices == expected and selection.prompts["text"] == "word one"
     finally:
         run.model.candidate_clip_coarse = torch.zeros(0, 0)
+
+
+def test_demo_showcase_selects_exports_and_draws(trained_demo_run, demo_scene, tmp_path):
+    from PIL import Image
+
+    from splatseg_ns.demo import showcase_selection
+
+    paths = showcase_selection(trained_demo_run, demo_scene, tmp_path / "show")
+    assert read_selection(paths["selection"]).indices
+    assert len(read_gaussians_ply(paths["object"])["x"]) > 0
+    with Image.open(paths["picture"]) as picture:
+        strip = np.asarray(picture.convert("RGB"))
+    quarter = strip.shape[1] // 4
+    alone = strip[:, 3 * quarter :]
+    assert (alone < 250).any() and (alone >= 250).mean() > 0.5  # the object, on white
