@@ -59,6 +59,7 @@ def splatseg_trainer_config() -> TrainerConfig:
             "scales": {"optimizer": _adam(0.005), "scheduler": None},
             "quats": {"optimizer": _adam(0.001), "scheduler": None},
             "seg_features": {"optimizer": _adam(0.01), "scheduler": None},
+            "dino_features": {"optimizer": _adam(0.01), "scheduler": None},
             "camera_opt": {
                 "optimizer": _adam(1e-4),
                 "scheduler": ExponentialDecaySchedulerConfig(

@@ -75,6 +75,11 @@ class SplatsegModelConfig(SplatfactoModelConfig):
     """Nearest Gaussians each sampled Gaussian is compared with."""
     spatial_samples: int = 100_000
     """Gaussians sampled per step for the spatial smoothness term."""
+    dino_feature_dim: int = 0
+    """Channels of a per-Gaussian DINO feature distilled from the cached DINO maps (0: none). Set it to
+    --pipeline.datamanager.dino-config.num-components together with --pipeline.datamanager.dino True."""
+    dino_weight: float = 1.0
+    """Weight of the DINO distillation term (1 - cosine between rendered and cached DINO features)."""
     gfl: GFLConfig = field(default_factory=GFLConfig)
     """Global Feature-guided Learning: global candidates from all views, pull/push per Gaussian."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
@@ -176,6 +181,8 @@ class SplatsegModel(SplatfactoModel):
                 self.gauss_params["features_dc"] = Parameter(dc)
                 self.gauss_params["features_rest"] = Parameter(torch.zeros_like(self.features_rest))
         self.gauss_params["seg_features"] = Parameter(init_seg_features(self.num_points, self.config.seg_feature_dim))
+        if self.config.dino_feature_dim > 0:
+            self.gauss_params["dino_features"] = Parameter(0.01 * torch.randn(self.num_points, self.config.dino_feature_dim))
         # Densification must be over before the Gaussians' features start training.
         self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, self.config.feature_stage_start)
         self.step = 0
@@ -201,6 +208,8 @@ class SplatsegModel(SplatfactoModel):
         if "gauss_params.seg_features" not in dict and "gauss_params.means" in dict:
             n = dict["gauss_params.means"].shape[0]
             dict["gauss_params.seg_features"] = init_seg_features(n, self.config.seg_feature_dim)
+        if self.config.dino_feature_dim > 0 and "gauss_params.dino_features" not in dict and "gauss_params.means" in dict:
+            dict["gauss_params.dino_features"] = torch.zeros(dict["gauss_params.means"].shape[0], self.config.dino_feature_dim)
         for level in ("coarse", "fine"):  # candidate counts differ from run to run
             for key, empty in ((f"candidate_centers_{level}", (0, self._level_dim(level))), (f"candidate_clip_{level}", (0, 0))):
                 dict.setdefault(key, torch.zeros(empty))
@@ -210,6 +219,8 @@ class SplatsegModel(SplatfactoModel):
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = super().get_gaussian_param_groups()
         groups["seg_features"] = [self.gauss_params["seg_features"]]
+        if "dino_features" in self.gauss_params:
+            groups["dino_features"] = [self.gauss_params["dino_features"]]
         return groups
 
     def get_training_callbacks(self, training_callback_attributes: TrainingCallbackAttributes) -> List[TrainingCallback]:
@@ -327,6 +338,8 @@ class SplatsegModel(SplatfactoModel):
                 geometry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}
             features = self._render_features(rasterize, geometry, gaussians("seg_features"))
             outputs["seg_features"] = features
+            if feature_training and "dino_features" in self.gauss_params:
+                outputs["dino_features"] = self._render_features(rasterize, geometry, gaussians("dino_features"))
             if not self.training:
                 outputs["seg_coarse"] = features[..., : self.config.coarse_feature_dim]
         return outputs
@@ -391,11 +404,13 @@ class SplatsegModel(SplatfactoModel):
     def get_loss_dict(self, outputs, batch, metrics_dict=None) -> Dict[str, torch.Tensor]:
         if not (self.training and self.in_feature_stage):
             return super().get_loss_dict(outputs, batch, metrics_dict)
-        return self.feature_loss_dict(outputs["seg_features"], batch)
+        return self.feature_loss_dict(outputs, batch)
 
-    def feature_loss_dict(self, features: torch.Tensor, batch) -> Dict[str, torch.Tensor]:
+    def feature_loss_dict(self, outputs: Dict[str, torch.Tensor], batch) -> Dict[str, torch.Tensor]:
         """Click-Gaussian's feature-stage losses: contrastive + 2D norm on sampled pixels of the rendered
-        map [H, W, D]; 3D norm, spatial smoothness and (once candidates exist) GFL on the Gaussians."""
+        map [H, W, D]; 3D norm, spatial smoothness and (once candidates exist) GFL on the Gaussians; DINO
+        distillation when the Gaussians carry a DINO feature."""
+        features = outputs["seg_features"]
         H, W = features.shape[:2]
         coarse = batch["coarse_mask"].to(self.device)
         fine = batch["fine_mask"].to(self.device)
@@ -424,7 +439,25 @@ class SplatsegModel(SplatfactoModel):
             )
         if self.candidates is not None and self.gfl_active(self.step) and self.config.gfl.weight > 0:
             losses.update(two_level_gfl_loss(gaussians, self.candidates, self.config.gfl))
+        if "dino_features" in self.gauss_params:
+            losses["dino"] = self.dino_loss(batch, outputs["dino_features"])
         return losses
+
+    def dino_loss(self, batch, rendered: torch.Tensor) -> torch.Tensor:
+        """Distil DINO into the Gaussians: rendered features averaged over each DINO patch vs the cached map."""
+        if "dino" not in batch:
+            raise ValueError(
+                "--pipeline.model.dino-feature-dim is set but the batches carry no DINO maps: also pass "
+                "--pipeline.datamanager.dino True (and dino-config.num-components equal to dino-feature-dim)."
+            )
+        target = batch["dino"].to(self.device).float()  # [h, w, k]
+        if target.shape[-1] != rendered.shape[-1]:
+            raise ValueError(f"DINO maps have {target.shape[-1]} channels but dino-feature-dim is "
+                             f"{rendered.shape[-1]}; make them equal.")
+        pooled = torch.nn.functional.adaptive_avg_pool2d(rendered.permute(2, 0, 1)[None], target.shape[:2])
+        pooled = pooled[0].permute(1, 2, 0)
+        cos = torch.nn.functional.cosine_similarity(pooled, target, dim=-1)
+        return self.config.dino_weight * (1 - cos).mean()
 
 
 def _resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -198,3 +198,24 @@ def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
     other.load_state_dict(state)
     torch.testing.assert_close(other.candidate_centers_fine, model.candidate_centers_fine)
     assert other.candidate_centers_coarse.shape == model.candidate_centers_coarse.shape
+
+
+def test_dino_distillation_trains_its_own_feature():
+    from nerfstudio.cameras.cameras import Cameras
+
+    model = make_model(num_points=60, feature_stage_start=0, num_downscales=0, dino_feature_dim=8)
+    assert "dino_features" in model.get_param_groups()
+    Optimizers(splatseg_trainer_config().optimizers, model.get_param_groups())  # it has an optimizer
+    model.train()
+    camera = Cameras(camera_to_worlds=torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 4.0]]]),
+                     fx=40.0, fy=40.0, cx=16.0, cy=16.0, width=32, height=32)
+    outputs = model.get_outputs(camera)
+    assert outputs["dino_features"].shape == (32, 32, 8)
+    batch = {"coarse_mask": torch.ones(32, 32, dtype=torch.long), "fine_mask": torch.ones(32, 32, dtype=torch.long)}
+    with pytest.raises(ValueError, match="datamanager.dino True"):
+        model.get_loss_dict(outputs, batch)
+    batch["dino"] = torch.randn(4, 4, 8)  # patch resolution
+    losses = model.get_loss_dict(outputs, batch)
+    assert 0 < losses["dino"] <= 2
+    sum(losses.values()).backward()
+    assert model.gauss_params["dino_features"].grad.abs().sum() > 0

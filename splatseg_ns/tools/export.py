@@ -67,10 +67,10 @@ def segment_labels(run: TrainedRun, level: Level, method: str = "candidates", th
     if method == "candidates":
         index = level_index(run, level)
         return segment_everything_by_candidates(index.assignment, index.similarity, threshold).cpu()
-    if method == "clustering":
-        return segment_everything_by_clustering(
-            run.model.means.detach().cpu(), run.gaussian_features(level).cpu(), num_segments=num_segments
-        )
+    if method == "clustering":  # DINO features when the run distilled them (the source project's way)
+        dino = run.model.gauss_params["dino_features"] if "dino_features" in run.model.gauss_params else None
+        features = dino.detach() if dino is not None else run.gaussian_features(level)
+        return segment_everything_by_clustering(run.model.means.detach().cpu(), features.cpu(), num_segments=num_segments)
     raise ValueError(f"Unknown segmentation method {method!r}: use 'candidates' or 'clustering'.")
 
 
