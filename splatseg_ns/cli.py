@@ -13,7 +13,9 @@ from typing import List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
-from splatseg_ns.core.sam_masks import SamMaskConfig  # noqa: E402  (import-light: no torch)
+from splatseg_ns.core.clip_embeddings import ClipConfig  # noqa: E402  (these three are import-light: no torch)
+from splatseg_ns.core.dino_features import DinoConfig  # noqa: E402
+from splatseg_ns.core.sam_masks import SamMaskConfig  # noqa: E402
 
 Clicks = Annotated[List[Tuple[float, float]], tyro.conf.UseAppendAction]
 Level = Literal["coarse", "fine"]
@@ -233,6 +235,10 @@ class Masks:
     """Also extract DINO feature maps (for distillation)."""
     sam: SamMaskConfig = field(default_factory=SamMaskConfig)
     """SAM model and mask generator settings."""
+    clip_config: ClipConfig = field(default_factory=ClipConfig)
+    """CLIP model (with --clip)."""
+    dino_config: DinoConfig = field(default_factory=DinoConfig)
+    """DINO model, resolution and PCA size (with --dino)."""
 
     def main(self) -> None:
         from splatseg_ns.core.cache import CacheError, WeightsError, run_masks_command
@@ -246,7 +252,8 @@ class Masks:
         if not images:
             _fail(FileNotFoundError(f"{self.data}: no images found (looked in images/ and the folder itself)."))
         try:
-            run_masks_command(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n))
+            run_masks_command(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
+                              dino_config=self.dino_config, clip_config=self.clip_config)
         except (CacheError, WeightsError) as err:
             _fail(err)
 

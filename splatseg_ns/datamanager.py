@@ -44,7 +44,7 @@ class SplatsegDataManagerConfig(FullImageDatamanagerConfig):
     """SAM model and automatic mask generator settings (mask source 'sam')."""
     text_queries: bool = False
     """Embed every mask with CLIP, so that segments can be selected by name (splatseg select --text)."""
-    clip: ClipConfig = field(default_factory=ClipConfig)
+    clip_config: ClipConfig = field(default_factory=ClipConfig)
     """CLIP model for the mask embeddings (with --pipeline.datamanager.text-queries)."""
     dino: bool = False
     """Extract DINO feature maps to distil into the Gaussians (segment-everything by DINO + position)."""
@@ -91,7 +91,7 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
                 else cache_module.sam_extractor(self.config.sam, device)
             )
             if self.config.text_queries:
-                extractors.append(cache_module.clip_extractor(self.config.clip, device))
+                extractors.append(cache_module.clip_extractor(self.config.clip_config, device))
         if self.config.dino:
             extractors.append(cache_module.dino_extractor(self.config.dino_config, "cuda" if torch.cuda.is_available() else "cpu"))
         self.feature_cache = cache_module.FeatureCache(data_dir, self.config.cache_dir)

@@ -126,12 +126,12 @@ def test_dino_checkpoint_round_trip_wrong_model_and_offline(dino, tmp_path, offl
     loaded = load_dino(DinoConfig(checkpoint=path))
     image = scene_image(3)
     np.testing.assert_allclose(dino_patch_features(loaded, image, 64), dino_patch_features(dino, image, 64), atol=1e-5)
-    with pytest.raises(WeightsError, match="looks like a vit_small_patch8_224_dino checkpoint; pass --dino.model-name"):
+    with pytest.raises(WeightsError, match="looks like a vit_small_patch8_224_dino checkpoint; pass --\[pipeline.datamanager.\]dino-config.model-name"):
         load_dino(DinoConfig(model_name="vit_small_patch16_224_dino", checkpoint=path))
     with pytest.raises(WeightsError) as err:
         load_dino(DinoConfig())
     message = str(err.value)
-    assert str(offline / "dino_deitsmall8_pretrain.pth") in message and "--dino.checkpoint" in message
+    assert str(offline / "dino_deitsmall8_pretrain.pth") in message and "dino-config.checkpoint" in message
     assert "dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain" in message
 
 
@@ -237,4 +237,4 @@ def test_clip_checkpoint_round_trip_wrong_model_and_offline(clip, tmp_path, offl
     message = str(err.value)
     assert str(offline / "open_clip" / "ViT-B-16_laion2b_s34b_b88k.bin") in message
     assert "huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin" in message
-    assert "--clip.checkpoint" in message
+    assert "clip-config.checkpoint" in message

@@ -154,7 +154,7 @@ def test_missing_checkpoint_offline_names_file_folder_and_flag(tmp_path, monkeyp
     message = str(err.value)
     assert str(tmp_path / "weights" / "sam_vit_b_01ec64.pth") in message
     assert "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth" in message
-    assert "--sam.checkpoint" in message and "name resolution" in message
+    assert "sam.checkpoint" in message and "name resolution" in message
     with pytest.raises(WeightsError, match=r"nowhere\.pth: SAM vit_h checkpoint not found"):
         load_sam(SamMaskConfig(checkpoint=tmp_path / "nowhere.pth"))
 
@@ -163,7 +163,7 @@ def test_checkpoint_of_another_model_type_says_which(tmp_path):
     # Only the image encoder's width matters to tell the type; a stub keeps the test light.
     path = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 2, 2, 768), "mask_decoder.x": torch.zeros(1)}, path)
-    with pytest.raises(WeightsError, match="looks like a vit_b checkpoint; pass --sam.model-type vit_b"):
+    with pytest.raises(WeightsError, match="looks like a vit_b checkpoint; pass --\[pipeline.datamanager.\]sam.model-type vit_b"):
         load_sam(SamMaskConfig(model_type="vit_h", checkpoint=path))
     other = tmp_path / "dino.pth"
     torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, other)

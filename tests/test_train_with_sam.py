@@ -47,7 +47,7 @@ def test_clip_and_dino_ride_along_and_reach_the_gaussians(tmp_path, monkeypatch)
     real_load_dino = dino_features.load_dino
     monkeypatch.setattr(dino_features, "load_dino", lambda config, device="cpu": real_load_dino(config, device, False))
     config = small_config(data, tmp_path, "clip_dino")
-    config.pipeline.datamanager.text_queries = True
+    config.pipeline.datamanager.text_queries = True  # CLIP: tiny, random weights
     config.pipeline.datamanager.dino = True
     config.pipeline.datamanager.dino_config = dino_features.DinoConfig(resolution=64, num_components=8, pca_images=4)
     config.pipeline.model.dino_feature_dim = 8

@@ -22,7 +22,7 @@ import numpy as np
 
 from splatseg_ns.core.cache import WeightsError, resize_nearest, resolve_checkpoint
 
-FLAG_PREFIX = "--clip."
+FLAG_PREFIX = "--[pipeline.datamanager.]clip-config."  # splatseg masks / ns-train
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 

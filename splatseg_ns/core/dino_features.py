@@ -24,7 +24,7 @@ import numpy as np
 
 from splatseg_ns.core.cache import WeightsError, resolve_checkpoint
 
-FLAG_PREFIX = "--dino."
+FLAG_PREFIX = "--[pipeline.datamanager.]dino-config."  # splatseg masks / ns-train
 # DINO backbones timm 0.6.7 knows, by (width, patch size): to name the right one for a checkpoint.
 _DINO_MODELS = {
     (384, 8): "vit_small_patch8_224_dino",

@@ -33,7 +33,7 @@ SAM_CHECKPOINT_URLS = {
 _ENCODER_WIDTH = {1280: "vit_h", 1024: "vit_l", 768: "vit_b"}
 
 # Prefix of the command-line flags that set `SamMaskConfig` fields (the CLI nests it as `sam`).
-FLAG_PREFIX = "--sam."
+FLAG_PREFIX = "--[pipeline.datamanager.]sam."  # splatseg masks / ns-train
 
 
 # ----------------------------------------------------------------------------------------------

@@ -96,7 +96,7 @@ def clip_text_encoder(run: TrainedRun) -> Callable[[Sequence[str]], torch.Tensor
     """The CLIP text encoder of the model that embedded this run's masks."""
     from splatseg_ns.core.clip_embeddings import ClipMaskEmbeddings
 
-    clip = ClipMaskEmbeddings(run.config.pipeline.datamanager.clip, device=str(run.device))
+    clip = ClipMaskEmbeddings(run.config.pipeline.datamanager.clip_config, device=str(run.device))
     return lambda texts: torch.as_tensor(clip.encode_text(list(texts)))
 
 
@@ -114,7 +114,7 @@ def select_by_text_query(
         raise RunError(
             f"{run.config_path} has no CLIP embeddings of its segments, so it cannot be searched by name. Train with "
             "--pipeline.datamanager.text-queries True (the CLIP weights download once, or pass "
-            "--pipeline.datamanager.clip.checkpoint FILE)."
+            "--pipeline.datamanager.clip-config.checkpoint FILE)."
         )
     index = level_index(run, level)
     if embeddings.shape[0] != index.centers.shape[0]:
