@@ -55,3 +55,22 @@ def test_trained_run_loads_and_features_separate_objects(trained_demo_run: Path)
     assert np.mean(coarse_within) > 0.8, coarse_within
     assert np.mean(coarse_between) < np.mean(coarse_within) - 0.4, (coarse_within, coarse_between)
     assert np.mean(fine_between) < np.mean(fine_within) - 0.2, (fine_within, fine_between)
+
+
+def test_ns_export_loads_the_run_with_modern_torch(trained_demo_run: Path, tmp_path):
+    """nerfstudio's own exporter (torch.load with weights_only) reads a splatseg run, no env vars needed."""
+    import os
+    import subprocess
+    import sys
+
+    from splatseg_ns.core.ply import read_gaussians_ply
+
+    ns_export = Path(sys.executable).parent / "ns-export"
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    result = subprocess.run(
+        [str(ns_export), "gaussian-splat", "--load-config", str(trained_demo_run), "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ply = read_gaussians_ply(tmp_path / "splat.ply")
+    assert len(ply["x"]) > 1000 and "f_dc_0" in ply
