@@ -7,7 +7,8 @@ Glue only. What it adds to `SplatfactoModel`:
   `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian);
 - a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.rasterize` on CPU, with
   no `.cuda()` on the path;
-- LPIPS built on first use, so building the model needs no download.
+- LPIPS built on first use, so building the model needs no download;
+- `self.splatseg`, the web viewer's panel (`viewer.py`), whose display `get_outputs` applies.
 The losses live in `core.losses`.
 """
 
@@ -191,6 +192,9 @@ class SplatsegModel(SplatfactoModel):
         for level in ("coarse", "fine"):  # their centres (and CLIP embeddings) ride in checkpoints, for the tools
             self.register_buffer(f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level)))
             self.register_buffer(f"candidate_clip_{level}", torch.zeros(0, 0))
+        from splatseg_ns.viewer import SplatsegViewer
+
+        self.splatseg = SplatsegViewer(self)  # the viewer panel: click/name selection, display modes, export
 
     def _level_dim(self, level: str) -> int:
         return self.config.coarse_feature_dim if level == "coarse" else self.config.seg_feature_dim
@@ -301,8 +305,11 @@ class SplatsegModel(SplatfactoModel):
             if keep.sum() == 0:
                 return self.get_empty_outputs(int(camera.width.item()), int(camera.height.item()), self.background_color)
 
+        # The viewer's display (selection only, highlight, segments, ...) swaps in new tensors, never edits gauss_params.
+        display = {} if self.training else self.splatseg.display_overrides()
+
         def gaussians(name: str) -> torch.Tensor:
-            param = self.gauss_params[name]
+            param = display.get(name, self.gauss_params[name])
             return param if keep is None else param[keep]
 
         scale = self._get_downscale_factor()

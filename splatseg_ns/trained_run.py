@@ -65,6 +65,22 @@ class TrainedRun:
             raise RunError(f"{config_path} is a {self.config.method_name} run; splatseg tools need a splatseg run.")
         self.model: SplatsegModel = self.pipeline.model
 
+    @classmethod
+    def from_pipeline(cls, config_path: Path, pipeline) -> "TrainedRun":
+        """The run of a pipeline that is already loaded (the viewer's, during or after training), as it is now.
+
+        No second load: the Gaussians are the live ones, so the fingerprint is that of this moment (make a
+        new one after training changed them)."""
+        import yaml
+
+        run = cls.__new__(cls)
+        run.config_path = Path(config_path).resolve()
+        run.config = yaml.load(run.config_path.read_text(), Loader=yaml.Loader) if run.config_path.exists() else None
+        run.pipeline, run.checkpoint = pipeline, None
+        run.model = pipeline.model
+        run.step = int(getattr(run.model, "step", 0))
+        return run
+
     @property
     def device(self) -> torch.device:
         return self.model.device
@@ -81,14 +97,15 @@ class TrainedRun:
         return {"train": dm.train_dataset, "eval": dm.eval_dataset}
 
     def view(self, name: str) -> View:
-        """The view whose image file is called `name` (file name, stem or path), training split first."""
+        """The view whose image file is called `name`, training split first. A name with a folder
+        (`test/r_0.png`) tells apart images of equal names in different folders (blender's splits)."""
         wanted = Path(name)
         names: List[str] = []
         for split, dataset in self.datasets().items():
             for index, path in enumerate(dataset.image_filenames):
                 path = Path(path)
                 names.append(path.name)
-                if path.name == wanted.name or path.stem == wanted.name or path == wanted:
+                if _names_image(wanted, path):
                     camera = dataset.cameras[index : index + 1].to(self.device)
                     return View(name=path.name, split=split, index=index, image_path=path, camera=camera)
         examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
@@ -123,3 +140,11 @@ class TrainedRun:
 
     def gaussian_features(self, level: Level) -> torch.Tensor:
         return self.level_slice(self.model.seg_features.detach(), level)
+
+
+def _names_image(wanted: Path, path: Path) -> bool:
+    """Does `wanted` (a file name, a stem, or a trailing part of a path) name the image at `path`?"""
+    if len(wanted.parts) > 1:
+        tail = path.parts[-len(wanted.parts) :]
+        return tuple(tail[:-1]) == wanted.parts[:-1] and wanted.name in (tail[-1], Path(tail[-1]).stem)
+    return wanted.name in (path.name, path.stem)

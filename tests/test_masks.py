@@ -1,5 +1,7 @@
 """Reading two-level instance masks from a folder, and the errors bad masks give."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -96,3 +98,17 @@ def test_undistortion_keeps_ids_exact_and_matches_the_image_remap():
     image = image[y : y + h, x : x + w]
     assert out.shape == image.shape
     assert np.mean(out == np.rint(image)) > 0.8  # equal away from block edges, where bilinear blends
+
+
+def test_views_with_equal_names_in_different_folders(tmp_path):
+    from splatseg_ns.tools.benchmark_data import find_image
+    from splatseg_ns.trained_run import _names_image
+
+    for split in ("train", "test"):
+        save(tmp_path / split / "r_0.png", np.zeros((4, 4), dtype=np.uint8))
+    with pytest.raises(FileNotFoundError, match="names several images"):
+        find_image(tmp_path, "r_0")
+    assert find_image(tmp_path, "test/r_0.png") == tmp_path / "test" / "r_0.png"
+    assert _names_image(Path("test/r_0"), tmp_path / "test" / "r_0.png")
+    assert not _names_image(Path("train/r_0.png"), tmp_path / "test" / "r_0.png")
+    assert _names_image(Path("r_0.png"), tmp_path / "train" / "r_0.png")

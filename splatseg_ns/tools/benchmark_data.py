@@ -23,13 +23,28 @@ Source = Literal["coarse", "fine", "alpha"]
 
 
 def find_image(data_dir: Path, name: str) -> Path:
-    """An image of the dataset by file name or stem (searched recursively)."""
-    matches = [p for p in Path(data_dir).rglob("*") if p.is_file() and (p.name == name or p.stem == name)
-               and p.suffix.lower() in (".png", ".jpg", ".jpeg")]
-    images = [p for p in matches if p.parent.name not in ("coarse", "fine")]
+    """An image of the dataset by file name or stem, or by a path relative to the dataset (`test/r_0.png`),
+    which is how to tell apart equal names in different folders."""
+    from splatseg_ns.trained_run import _names_image
+
+    wanted = Path(name)
+    images = sorted(
+        p for p in Path(data_dir).rglob("*")
+        if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg") and p.parent.name not in ("coarse", "fine")
+        and _names_image(wanted, p)
+    )
     if not images:
         raise FileNotFoundError(f"No image named {name!r} under {data_dir}.")
-    return sorted(images)[0]
+    if len(images) > 1 and len(wanted.parts) == 1:
+        found = ", ".join(str(p.relative_to(data_dir)) for p in images[:4])
+        raise FileNotFoundError(f"{name!r} names several images under {data_dir} ({found}); give its folder too, "
+                                f"e.g. {images[0].relative_to(data_dir)}.")
+    return images[0]
+
+
+def view_name(data_dir: Path, image: Path, name: str) -> str:
+    """How prompts.json names a view: as the user named it when that took a folder, else by file name."""
+    return name if len(Path(name).parts) > 1 else image.name
 
 
 def object_masks(data_dir: Path, image: Path, source: Source) -> Dict[str, np.ndarray]:
@@ -63,7 +78,7 @@ def write_benchmark(data_dir: Path, output_dir: Path, source: Source, prompt_vie
     for name, mask in object_masks(data_dir, prompt_image, source).items():
         if mask.sum() < min_pixels:
             continue
-        prompts.append({"name": name, "view": prompt_image.name, "positive": [deepest_pixel(mask)],
+        prompts.append({"name": name, "view": view_name(data_dir, prompt_image, prompt_view), "positive": [deepest_pixel(mask)],
                         "negative": [], "level": level})
         for view, masks in score_masks.items():
             gt = masks.get(name, np.zeros_like(mask))

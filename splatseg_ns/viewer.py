@@ -1,0 +1,595 @@
+"""The splatseg panel of the nerfstudio web viewer: click (or name) an object, see it, save it, export it.
+
+Glue only: the selection rule is `core.selection` (a click's rendered feature picks the nearest
+global candidate, Click-Gaussian Sec. 3.4), files are `selection_file` and `tools.export`.
+
+nerfstudio finds viewer elements by walking the pipeline's attributes and sub-modules
+(`viewer.utils.parse_object`: public attributes only, recursing into `nn.Module`s, in the
+sorted order of the attribute names), and folders follow the attribute path. So the panel is
+an `nn.Module` on the model (`model.splatseg`) holding one module per folder, whose elements are
+named by position; every other handle is private, or it would be found twice. The panel
+reaches its model through a weak reference: as a sub-module it would make a cycle.
+
+A click (`ViewerControl.register_pointer_cb("click")`, armed by the "Click to select" button,
+one click per press) gives a normalised screen position. The view the user sees is rendered
+again from the clicking browser's camera (`ViewerControl.get_camera`) at the viewer's maximum
+resolution, by the model's own `get_outputs` with the display applied, and the feature and the
+opacity are read at that pixel: exactly what `splatseg select` does on a dataset view. (Rendering
+only a 1x1 crop around the pixel would be cheaper but not exact: the projection clamps each
+Gaussian's Jacobian to the image's extent, so a crop changes the footprint of large Gaussians
+centred outside it.) The clicked features are kept, not the Gaussians: the selection is
+recomputed from them when the level or the threshold changes, or training changes the Gaussians.
+
+The display never touches `gauss_params`: `get_outputs` asks `display_overrides()` for
+replacement tensors (opacity logits pushed below the rasteriser's 1/255 alpha cut to hide
+Gaussians, colours for the highlight, segments and feature PCA) and renders those instead. It
+applies to the viewer's render threads only, so evaluation during training and the
+command-line tools always see the scene as trained.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import threading
+import time
+import weakref
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nerfstudio.viewer.viewer_elements import (
+    ViewerButton,
+    ViewerCheckbox,
+    ViewerClick,
+    ViewerControl,
+    ViewerDropdown,
+    ViewerElement,
+    ViewerSlider,
+    ViewerText,
+)
+
+from splatseg_ns.core.ply import segment_colours
+from splatseg_ns.core.selection import (
+    ClickIndex,
+    level_features,
+    precompute_click_index,
+    select_by_similarity,
+    select_by_text,
+    select_candidates,
+)
+
+if TYPE_CHECKING:
+    from nerfstudio.cameras.cameras import Cameras
+
+DISPLAY_MODES = ["everything", "selection only", "without selection", "segments", "feature PCA"]
+HIGHLIGHT_COLOUR = (1.0, 0.3, 0.05)
+HIGHLIGHT_STRENGTH = 0.6
+HIDDEN_OPACITY_LOGIT = -30.0
+"""sigmoid(-30) ~ 1e-13: far below the 1/255 alpha at which the rasteriser skips a Gaussian."""
+MIN_CLICK_OPACITY = 0.5
+"""A click where the rendered opacity is below this hit empty background (as `splatseg select`)."""
+SIMILARITY_FALLBACK_THRESHOLD = 0.8
+"""Cosine to the clicks for runs without global candidates (`select_by_similarity`'s default)."""
+
+
+class _Folder(nn.Module):
+    """One folder of the panel: nerfstudio installs elements sorted by attribute name, so they are named by position."""
+
+    def add(self, element: ViewerElement) -> ViewerElement:
+        setattr(self, f"item_{len(self.__dict__.get('_order', [])):02d}", element)
+        self.__dict__.setdefault("_order", []).append(element)
+        return element
+
+
+@torch.no_grad()
+def fit_feature_pca(features: torch.Tensor, max_samples: int = 100_000, seed: int = 0):
+    """(mean [D], basis [D, 3], low [3], high [3]): a colour projection of unit features, fitted once.
+
+    The 3 principal directions of a sample of the L2-normalised features, each signed so that its
+    largest loading is positive (the same features give the same colours), and the 1st/99th
+    percentiles of the projections as the colour range. Fixed per run, so frames do not flicker
+    the way a per-image PCA (nerfstudio's colormap for >3 channels) does.
+    """
+    unit = F.normalize(features.detach().float(), dim=-1)
+    if unit.shape[0] > max_samples:
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        unit = unit[torch.randperm(unit.shape[0], generator=generator)[:max_samples].to(unit.device)]
+    mean = unit.mean(0)
+    _, _, v = torch.linalg.svd(unit - mean, full_matrices=False)
+    basis = torch.zeros(unit.shape[1], 3, device=unit.device)
+    k = min(3, v.shape[0])
+    basis[:, :k] = v[:k].T
+    signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
+    basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)
+    projected = (unit - mean) @ basis
+    low, high = torch.quantile(projected, 0.01, dim=0), torch.quantile(projected, 0.99, dim=0)
+    return mean, basis, low, torch.maximum(high, low + 1e-6)
+
+
+@torch.no_grad()
+def pca_colours(features: torch.Tensor, pca) -> torch.Tensor:
+    """rgb [N, 3] in [0, 1] of features [N, D] under a projection from `fit_feature_pca`."""
+    mean, basis, low, high = pca
+    projected = (F.normalize(features.detach().float(), dim=-1) - mean) @ basis
+    return ((projected - low) / (high - low)).clamp(0.0, 1.0)
+
+
+class SplatsegViewer(nn.Module):
+    """The splatseg folder of the viewer's control panel, and the selection it makes.
+
+    Folders, in this order: "Clicks & names" (arm a click, level, add/subtract, similarity
+    threshold, name query, clear, status and click time), "Display" (what to show, highlight),
+    "Export" (file name, save selection + the `splatseg export` command, export PLY).
+
+    Without a viewer (tests, scripts) the same methods drive it: `click_pixel(camera, x, y)`,
+    `select_by_name`, `clear`, `render(camera)` (the view as the viewer shows it),
+    `save_selection`, `export_ply`; `bind` tells it the run's config.yml and pipeline, which in
+    the viewer come from nerfstudio's `Viewer`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._model_ref = weakref.ref(model)
+        self.viewer_control = ViewerControl()  # nerfstudio sets it up with the viewer (found like the elements)
+        self._scope = threading.local()
+        self._positive: List[torch.Tensor] = []  # full features at the clicked pixels
+        self._negative: List[torch.Tensor] = []
+        self._screen: List[Tuple[str, List[float]]] = []  # (add|subtract, screen position) for the selection file
+        self._text: Optional[str] = None
+        self._text_embedding: Optional[torch.Tensor] = None
+        self._prompt_version = 0  # bumped by every change of the prompts above: part of the selection's cache key
+        self._encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None
+        # The bound run, in a namespace: a pipeline set as an attribute would become a sub-module (a cycle).
+        self._bound = SimpleNamespace(config_path=None, pipeline=None)
+        self._cache: Dict[tuple, object] = {}
+        self._pca: Dict[str, tuple] = {}
+        self.last_click_ms: Optional[Tuple[float, float]] = None
+        """(features at the pixel, selection) of the last click, in milliseconds."""
+
+        click, display, export = _Folder(), _Folder(), _Folder()
+        self.add_module("Clicks & names", click)
+        self.add_module("Display", display)
+        self.add_module("Export", export)
+        self._arm = click.add(ViewerButton("Click to select", cb_hook=lambda _: self.arm_click()))
+        self._level = click.add(ViewerDropdown(
+            "Level", "coarse", ["coarse", "fine"], cb_hook=lambda _: self._report(),
+            hint="coarse: whole objects; fine: their parts. Clicks made so far are re-applied."))
+        self._mode = click.add(ViewerDropdown(
+            "Click mode", "add", ["add", "subtract"], hint="Whether the next click adds its segment or removes it."))
+        self._threshold = click.add(ViewerSlider(
+            "Similarity threshold", 0.0, 0.0, 1.0, 0.05, cb_hook=lambda _: self._report(),
+            hint="Keep only Gaussians whose cosine to their segment's centre is at least this; 0 keeps all."))
+        self._name = click.add(ViewerText(
+            "Name", "", hint="What to select by name, e.g. 'mushroom' (runs trained with --pipeline.datamanager."
+                             "text-queries True). It replaces the selection; clicks then add or subtract."))
+        click.add(ViewerButton("Select by name", cb_hook=lambda _: self.select_by_name(self._name.value)))
+        click.add(ViewerButton("Clear selection", cb_hook=lambda _: self.clear()))
+        self._status = click.add(ViewerText("Status", "Press 'Click to select', then click an object.", disabled=True))
+        self._timing = click.add(ViewerText("Click time", "", disabled=True,
+                                            hint="Feature at the pixel (a render of the view) + selection, in ms."))
+        self._show = display.add(ViewerDropdown(
+            "Show", "everything", DISPLAY_MODES,
+            hint="segments: every Gaussian coloured by its global candidate at the chosen level; feature PCA: "
+                 "the features projected on 3 directions fixed for the run."))
+        self._highlight = display.add(ViewerCheckbox("Highlight selection", True, hint="Tint the selected Gaussians."))
+        self._file_name = export.add(ViewerText(
+            "Selection file", "selection.json", hint="Written beside the run's config.yml."))
+        export.add(ViewerButton("Save selection", cb_hook=lambda _: self._guarded(self.save_selection)))
+        self._command = export.add(ViewerText("Export command", "", disabled=True,
+                                              hint="Run it to export the saved selection as a PLY."))
+        self._invert = export.add(ViewerCheckbox("Export the scene without it", False))
+        export.add(ViewerButton("Export PLY", cb_hook=lambda _: self._guarded(self.export_ply)))
+        self._written = export.add(ViewerText("Written", "", disabled=True))
+
+    # ----------------------------------------------------------------------------------- context
+    @property
+    def _model(self):
+        return self._model_ref()
+
+    def bind(self, config_path: Optional[Path] = None, pipeline=None,
+             encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None) -> None:
+        """The run's config.yml and pipeline (in the viewer they come from nerfstudio), and optionally a text encoder."""
+        self._bound = SimpleNamespace(config_path=Path(config_path).resolve() if config_path is not None else None,
+                                      pipeline=pipeline)
+        self._encode_text = encode_text or self._encode_text
+
+    def _viewer(self):
+        return getattr(self.viewer_control, "viewer", None)
+
+    def run_config_path(self) -> Optional[Path]:
+        """config.yml of the run: the bound one, else beside the viewer's log file (the run directory)."""
+        if self._bound.config_path is not None:
+            return self._bound.config_path
+        viewer = self._viewer()
+        if viewer is None:
+            return None
+        return (Path(viewer.log_filename).parent / "config.yml").resolve()
+
+    def _run(self):
+        from splatseg_ns.trained_run import RunError, TrainedRun
+
+        config = self.run_config_path()
+        if config is None or not config.exists():
+            raise RunError(f"Cannot find this run's config.yml ({config}); start ns-viewer from the folder you "
+                           "trained in, so that the run's relative output path resolves.")
+        viewer = self._viewer()
+        pipeline = self._bound.pipeline or (viewer.pipeline if viewer is not None else SimpleNamespace(model=self._model))
+        return TrainedRun.from_pipeline(config, pipeline)
+
+    def _set(self, element: ViewerElement, value) -> None:
+        element.value = value  # type: ignore[attr-defined]
+
+    def _say(self, message: str) -> None:
+        self._set(self._status, message)
+
+    def _guarded(self, action: Callable[[], object]) -> None:
+        """Run a button's action; a failure is shown in the panel instead of ending in the server's log."""
+        try:
+            action()
+        except Exception as err:  # noqa: BLE001 - whatever went wrong, the user reads it in the panel
+            self._set(self._written, f"Failed: {err}")
+            self._say(f"Failed: {err}")
+
+    # ------------------------------------------------------------------------------- selection
+    @property
+    def level(self) -> str:
+        return self._level.value
+
+    def _threshold_value(self) -> Optional[float]:
+        value = float(self._threshold.value)
+        return value if value > 0 else None
+
+    def has_prompts(self) -> bool:
+        return bool(self._positive or self._negative or self._text_embedding is not None)
+
+    def _model_version(self, level: str) -> tuple:
+        """Changes whenever the Gaussians or their candidates may have (training steps, densification, GFL refresh)."""
+        model = self._model
+        centers = getattr(model, f"candidate_centers_{level}")
+        return (int(getattr(model, "step", 0)), model.num_points, centers.data_ptr(), tuple(centers.shape))
+
+    def _click_index(self, level: str) -> Optional[ClickIndex]:
+        """The level's ClickIndex (candidates and every Gaussian's assignment), built once per model version."""
+        key = ("index", level, self._model_version(level))
+        if key not in self._cache:
+            centers = getattr(self._model, f"candidate_centers_{level}")
+            if centers.shape[0] == 0:
+                return None
+            self._cache = {k: v for k, v in self._cache.items() if k[:2] != ("index", level)}
+            self._cache[key] = precompute_click_index(self._gaussian_features(level), centers)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _gaussian_features(self, level: str) -> torch.Tensor:
+        return level_features(self._model.seg_features.detach(), level, self._model.config.coarse_feature_dim)
+
+    def _clicked(self, features: List[torch.Tensor], level: str) -> Optional[torch.Tensor]:
+        if not features:
+            return None
+        return level_features(torch.stack(features), level, self._model.config.coarse_feature_dim)
+
+    @torch.no_grad()
+    def selected(self) -> torch.Tensor:
+        """bool [N]: the Gaussians the clicks and the name select at the current level and threshold."""
+        level, threshold = self.level, self._threshold_value()
+        key = ("selected", level, threshold, self._prompt_version, self._model_version(level))
+        if key in self._cache:
+            return self._cache[key]  # type: ignore[return-value]
+        model = self._model
+        features = self._gaussian_features(level)
+        positive, negative = self._clicked(self._positive, level), self._clicked(self._negative, level)
+        selected = torch.zeros(model.num_points, dtype=torch.bool, device=features.device)
+        index = self._click_index(level)
+        if index is None:  # no global candidates yet (colour stage): raw similarity to the clicks
+            if positive is not None:
+                selected = select_by_similarity(features, positive, negative,
+                                                threshold=threshold or SIMILARITY_FALLBACK_THRESHOLD)
+        else:
+            if positive is not None:
+                selected = index.select(positive, negative, threshold, features=features)
+            named = self._named_candidates(level)
+            if named is not None:
+                by_name = select_candidates(index.assignment, named, index.num_candidates, index.similarity, threshold)
+                if negative is not None:
+                    by_name &= ~index.select(negative, None, threshold)
+                selected |= by_name
+        self._cache = {k: v for k, v in self._cache.items() if k[0] != "selected"}
+        self._cache[key] = selected
+        return selected
+
+    def _named_candidates(self, level: str) -> Optional[torch.Tensor]:
+        if self._text_embedding is None:
+            return None
+        embeddings = getattr(self._model, f"candidate_clip_{level}")
+        if embeddings.numel() == 0:
+            return None
+        return select_by_text(self._text_embedding.to(embeddings), embeddings, embeddings.norm(dim=-1) > 0)
+
+    def _report(self) -> None:
+        if not self.has_prompts():
+            self._say("Nothing selected. Press 'Click to select', then click an object.")
+            return
+        selected = self.selected()
+        how = "" if self._click_index(self.level) is not None else " (no global candidates in this run yet: raw similarity)"
+        self._say(f"{int(selected.sum())} of {selected.numel()} Gaussians selected ({self.level}){how}.")
+
+    def clear(self) -> None:
+        self._positive, self._negative, self._screen = [], [], []
+        self._text, self._text_embedding = None, None
+        self._prompt_version += 1
+        self._report()
+
+    # ----------------------------------------------------------------------------------- clicks
+    def arm_click(self) -> None:
+        """Button hook: the next click in the 3D view selects (one click per press, so the camera stays free)."""
+        if self._viewer() is None:
+            self._say("No viewer is attached.")
+            return
+        self.viewer_control.register_pointer_cb("click", self._on_viewer_click)
+        if self._arm.gui_handle is not None:
+            self._arm.set_disabled(True)
+        self._say(f"Click on an object to {'add it to' if self._mode.value == 'add' else 'remove it from'} the selection.")
+
+    def _on_viewer_click(self, click: ViewerClick) -> None:
+        """Pointer callback (viser's thread, outside nerfstudio's train lock: take it, the model may be training)."""
+        viewer = self._viewer()
+        try:
+            self.viewer_control.unregister_pointer_cb()
+            camera, x, y = self._click_camera(click)
+            lock = viewer.train_lock if viewer.train_lock is not None else contextlib.nullcontext()
+            with lock:
+                self.click_pixel(camera, x, y, screen_pos=list(click.screen_pos))
+        except Exception as err:  # noqa: BLE001 - a failed click must not kill the viewer's thread silently
+            self._say(f"Click failed: {err}")
+        finally:
+            if self._arm.gui_handle is not None:
+                self._arm.set_disabled(False)
+        viewer._trigger_rerender()  # nerfstudio 1.1.5 has no public rerender; its elements' hooks call this one
+
+    def _click_camera(self, click: ViewerClick) -> Tuple["Cameras", float, float]:
+        """The clicking browser's camera (the client whose eye is the click ray's origin) and the clicked pixel."""
+        viewer = self._viewer()
+        clients = viewer.viser_server.get_clients()
+        if not clients:
+            raise RuntimeError("no browser is connected")
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
+
+        origin = np.asarray(click.origin, dtype=np.float64)
+        client_id = min(clients, key=lambda i: np.linalg.norm(
+            np.asarray(clients[i].camera.position) / VISER_NERFSTUDIO_SCALE_RATIO - origin))
+        height = int(getattr(viewer.control_panel, "max_res", 512))
+        width = max(1, int(round(height * clients[client_id].camera.aspect)))
+        camera = self.viewer_control.get_camera(height, width, client_id)
+        sx, sy = click.screen_pos
+        x = min(max(sx * width, 0.0), width - 1e-3)
+        y = min(max(sy * height, 0.0), height - 1e-3)
+        return camera, x, y
+
+    @torch.no_grad()
+    def click_pixel(self, camera: "Cameras", x: float, y: float, subtract: Optional[bool] = None,
+                    screen_pos: Optional[List[float]] = None) -> bool:
+        """Click pixel (x, y) of `camera` as shown: add (or subtract) the segment there. False on background."""
+        model = self._model
+        subtract = self._mode.value == "subtract" if subtract is None else subtract
+        start = time.perf_counter()
+        outputs = self.render(camera)
+        column, row = int(x), int(y)
+        feature = outputs["seg_features"][row, column].detach().clone()
+        opacity = float(outputs["accumulation"][row, column, 0])  # syncs, so the time below is the render's
+        rendered = time.perf_counter()
+        if opacity < MIN_CLICK_OPACITY:
+            self._set(self._timing, f"features {1000 * (rendered - start):.1f} ms")
+            self._say(f"That is empty background (rendered opacity {opacity:.2f}): click on an object.")
+            return False
+        (self._negative if subtract else self._positive).append(feature)
+        self._prompt_version += 1
+        width, height = int(camera.width.item()), int(camera.height.item())
+        self._screen.append(("subtract" if subtract else "add", screen_pos or [x / width, y / height]))
+        selected = self.selected()
+        if selected.is_cuda:
+            torch.cuda.synchronize(selected.device)
+        done = time.perf_counter()
+        self.last_click_ms = (1000 * (rendered - start), 1000 * (done - rendered))
+        self._set(self._timing, f"{sum(self.last_click_ms):.1f} ms = features {self.last_click_ms[0]:.1f} ms "
+                                f"({width}x{height} render) + selection {self.last_click_ms[1]:.2f} ms")
+        self._report()
+        return True
+
+    # ------------------------------------------------------------------------------------ names
+    def select_by_name(self, text: str) -> bool:
+        """Replace the selection by the segment whose CLIP embedding best matches `text` (False: it could not)."""
+        text = text.strip()
+        if not text:
+            self._say("Type a name first, e.g. 'mushroom'.")
+            return False
+        if all(getattr(self._model, f"candidate_clip_{level}").numel() == 0 for level in ("coarse", "fine")):
+            self._say("This run has no CLIP embeddings of its segments, so it cannot select by name: train with "
+                      "--pipeline.datamanager.text-queries True.")
+            return False
+        try:
+            embedding = self._text_encoder()([text])[0]
+        except Exception as err:  # noqa: BLE001 - offline weights, missing package: say so in the panel
+            self._say(f"The CLIP text encoder is not available: {err}")
+            return False
+        self._positive, self._negative, self._screen = [], [], []
+        self._text, self._text_embedding = text, torch.as_tensor(embedding).float()
+        self._prompt_version += 1
+        self._report()
+        return True
+
+    def _text_encoder(self) -> Callable[[Sequence[str]], torch.Tensor]:
+        if self._encode_text is None:
+            from splatseg_ns.tools.select import clip_text_encoder
+
+            run = self._run()
+            if run.config is None:
+                raise RuntimeError(f"{run.config_path} cannot be read")
+            self._encode_text = clip_text_encoder(run)
+        return self._encode_text
+
+    # ---------------------------------------------------------------------------------- display
+    @contextlib.contextmanager
+    def shown(self):
+        """Within this block, renders of the model in this thread show what the viewer shows."""
+        previous = getattr(self._scope, "on", False)
+        self._scope.on = True
+        try:
+            yield
+        finally:
+            self._scope.on = previous
+
+    @torch.no_grad()
+    def render(self, camera: "Cameras") -> Dict[str, torch.Tensor]:
+        """The model's outputs for `camera` as the viewer shows them (display mode applied), in eval mode."""
+        model = self._model
+        was_training = model.training
+        model.eval()
+        try:
+            with self.shown():
+                return model.get_outputs_for_camera(camera.to(model.device))
+        finally:
+            if was_training:
+                model.train()
+
+    def _displaying(self) -> bool:
+        if getattr(self._scope, "on", False):
+            return True
+        from nerfstudio.viewer.render_state_machine import RenderStateMachine
+
+        return isinstance(threading.current_thread(), RenderStateMachine)
+
+    @torch.no_grad()
+    def display_overrides(self) -> Dict[str, torch.Tensor]:
+        """Replacement Gaussian tensors (new ones; `gauss_params` is never written) for the current display.
+
+        Called by `get_outputs` outside training; empty outside the viewer's renders and when
+        there is nothing to show differently.
+        """
+        mode = self._show.value
+        if (mode == "everything" and not self.has_prompts()) or not self._displaying():
+            return {}
+        try:
+            return self._overrides(mode)
+        except Exception as err:  # noqa: BLE001 - never break the viewer's render thread
+            self._say(f"Display failed ({err}); showing the scene.")
+            return {}
+
+    def _overrides(self, mode: str) -> Dict[str, torch.Tensor]:
+        model = self._model
+        selected = self.selected() if self.has_prompts() else None
+        overrides: Dict[str, torch.Tensor] = {}
+        if mode in ("selection only", "without selection"):
+            visible = torch.zeros(model.num_points, dtype=torch.bool, device=model.device) if selected is None else selected
+            if mode == "without selection":
+                visible = ~visible
+            hidden = torch.full_like(model.opacities, HIDDEN_OPACITY_LOGIT)
+            overrides["opacities"] = torch.where(visible[:, None], model.opacities, hidden)
+            return overrides
+        if mode == "segments":
+            overrides.update(self._colour_params(self._segment_colours(self.level)))
+        elif mode == "feature PCA":
+            overrides.update(self._colour_params(self._pca_colours(self.level)))
+        if selected is not None and self._highlight.value and bool(selected.any()):
+            overrides.update(self._tinted(selected, overrides))
+        return overrides
+
+    def _segment_colours(self, level: str) -> torch.Tensor:
+        key = ("segments", level, self._model_version(level))
+        if key not in self._cache:
+            index = self._click_index(level)
+            labels = index.assignment if index is not None else torch.full((self._model.num_points,), -1)
+            if index is None:
+                self._say("This run has no global candidates yet, so it has no segments to colour.")
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "segments"}
+            self._cache[key] = torch.from_numpy(segment_colours(labels.cpu().numpy())).to(self._model.device)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _pca_colours(self, level: str) -> torch.Tensor:
+        key = ("pca", level, self._model_version(level))
+        if key not in self._cache:
+            features = self._gaussian_features(level)
+            if level not in self._pca:  # once per run: the colours of a feature never change between frames
+                self._pca[level] = fit_feature_pca(features)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "pca"}
+            self._cache[key] = pca_colours(features, self._pca[level])
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _colour_params(self, rgb: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """features_dc / features_rest that render as the constant colours rgb [N, 3] (the model's colour space)."""
+        model = self._model
+        rgb = rgb.to(model.device, model.features_dc.dtype)
+        if model.config.sh_degree > 0:
+            from nerfstudio.models.splatfacto import RGB2SH
+
+            dc = RGB2SH(rgb)
+        else:  # splatfacto stores colour logits without SH
+            dc = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))
+        return {"features_dc": dc, "features_rest": torch.zeros_like(model.features_rest)}
+
+    def _tinted(self, selected: torch.Tensor, overrides: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The selected Gaussians' colour blended towards the highlight colour (an exact blend of the rendered colour)."""
+        model = self._model
+        dc = overrides.get("features_dc", model.features_dc)
+        rest = overrides.get("features_rest", model.features_rest)
+        s = HIGHLIGHT_STRENGTH
+        highlight = torch.tensor(HIGHLIGHT_COLOUR, device=dc.device, dtype=dc.dtype)
+        if model.config.sh_degree > 0:
+            from nerfstudio.models.splatfacto import RGB2SH
+
+            # colour = C0 dc + sum(rest terms) + 0.5 is affine in (dc, rest): blending them blends the colour.
+            tinted_dc, tinted_rest = (1 - s) * dc + s * RGB2SH(highlight), (1 - s) * rest
+        else:
+            tinted_dc, tinted_rest = torch.logit(((1 - s) * torch.sigmoid(dc) + s * highlight).clamp(1e-4, 1 - 1e-4)), rest
+        return {"features_dc": torch.where(selected[:, None], tinted_dc, dc),
+                "features_rest": torch.where(selected[:, None, None], tinted_rest, rest)}
+
+    # ----------------------------------------------------------------------------------- export
+    def _selection(self, run):
+        from splatseg_ns.selection_file import Selection
+
+        selected = self.selected()
+        indices = selected.nonzero().squeeze(-1).cpu().tolist()
+        prompts = {"source": "viewer", "clicks": [{"mode": mode, "screen_pos": pos} for mode, pos in self._screen],
+                   "text": self._text, "threshold": self._threshold_value()}
+        return Selection(str(run.config_path), run.fingerprint, self.level, indices, prompts)
+
+    def save_selection(self) -> Optional[Path]:
+        """Write the selection file beside the run's config.yml and show the `splatseg export` command for it."""
+        from splatseg_ns.selection_file import write_selection
+
+        if not self.has_prompts() or not bool(self.selected().any()):
+            self._set(self._written, "Nothing is selected; nothing saved.")
+            return None
+        run = self._run()
+        name = Path(self._file_name.value.strip() or "selection.json").name
+        path = run.config_path.parent / (name if name.endswith(".json") else f"{name}.json")
+        selection = self._selection(run)
+        write_selection(path, selection)
+        output = path.with_name(f"{path.stem}{'_without' if self._invert.value else ''}.ply")
+        command = ["splatseg", "export", "--load-config", str(run.config_path), "--selection", str(path),
+                   "--output", str(output), *(["--invert"] if self._invert.value else [])]
+        self._set(self._command, shlex.join(command))
+        self._set(self._written, f"{path} ({len(selection.indices)} Gaussians)")
+        return path
+
+    def export_ply(self) -> Optional[Path]:
+        """Save the selection, then write the object (or the scene without it) as a PLY, as `splatseg export` does."""
+        from splatseg_ns.selection_file import read_selection
+        from splatseg_ns.tools.export import export_selection
+
+        path = self.save_selection()
+        if path is None:
+            return None
+        run = self._run()
+        invert = bool(self._invert.value)
+        output = path.with_name(f"{path.stem}{'_without' if invert else ''}.ply")
+        # Without candidates there is no similarity to drop weak members by: keep them all.
+        keep_weak = self._click_index(self.level) is None
+        written = export_selection(run, read_selection(path), path, output, invert=invert, keep_weak=keep_weak)
+        self._set(self._written, f"{output} ({written} Gaussians)")
+        return output
