@@ -6,7 +6,7 @@ the background another (so background floaters learn to differ from the object).
 click on the lego in training view train/r_0 selects it, and the selection, rendered into five
 held-out test views (r_100 ... r_180, never trained on), is scored against their alpha masks.
 
-    python benchmarks/bench_lego.py [--colour-steps 1500] [--feature-steps 500] [--output-dir /tmp/lego]
+    python benchmarks/bench_lego.py [--colour-steps 1500] [--feature-steps 500] [--scale 0.5] [--output-dir /tmp/lego]
 
 Prints a markdown table (mIoU / mAcc / mBIoU, Gaussians, wall time); the run stays in
 --output-dir. Needs ../shared/data (exits with a message when absent).
@@ -43,7 +43,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--colour-steps", type=int, default=1500)
     parser.add_argument("--feature-steps", type=int, default=500)
-    parser.add_argument("--num-random", type=int, default=20000, help="random initial Gaussians (blender has no seed points)")
+    parser.add_argument("--num-random", type=int, default=5000, help="random initial Gaussians (blender has no seed points)")
+    parser.add_argument("--scale", type=float, default=0.5, help="image scale (0.5: 100x100 px)")
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/splatseg_lego"))
     args = parser.parse_args()
     if not DATA.exists():
@@ -59,6 +60,7 @@ def main() -> None:
     train_args = demo_train_args(DATA, out / "runs", args.colour_steps, args.feature_steps, "lego", "bench")
     train_args += ["--pipeline.datamanager.mask-dir", str(out / "masks"),
                    "--pipeline.model.num-random", str(args.num_random), "--pipeline.model.random-scale", "3.0",
+                   "--pipeline.datamanager.camera-res-scale-factor", str(args.scale),
                    "blender-data"]
     start = time.perf_counter()
     run_ns_train(train_args)
@@ -72,7 +74,7 @@ def main() -> None:
     print("\n| scene | steps (colour + feature) | Gaussians | selected | mIoU | mAcc | mBIoU | train wall (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     p = metrics["prompts"][0]
-    print(f"| lego_small 200px, click on train/r_0, scored on 5 test views | {args.colour_steps} + {args.feature_steps} | "
+    print(f"| lego_small {int(200 * args.scale)}px, click on train/r_0, scored on 5 test views | {args.colour_steps} + {args.feature_steps} | "
           f"{run.model.num_points} | {p['num_gaussians']} | {o['mIoU']:.3f} | {o['mAcc']:.3f} | {o['mBIoU']:.3f} | {train_s:.0f} |")
 
 
