@@ -126,7 +126,7 @@ def test_dino_checkpoint_round_trip_wrong_model_and_offline(dino, tmp_path, offl
     loaded = load_dino(DinoConfig(checkpoint=path))
     image = scene_image(3)
     np.testing.assert_allclose(dino_patch_features(loaded, image, 64), dino_patch_features(dino, image, 64), atol=1e-5)
-    with pytest.raises(WeightsError, match="looks like a vit_small_patch8_224_dino checkpoint; pass --\[pipeline.datamanager.\]dino-config.model-name"):
+    with pytest.raises(WeightsError, match=r"looks like a vit_small_patch8_224_dino checkpoint; pass --\[pipeline.datamanager.\]dino-config.model-name"):
         load_dino(DinoConfig(model_name="vit_small_patch16_224_dino", checkpoint=path))
     with pytest.raises(WeightsError) as err:
         load_dino(DinoConfig())

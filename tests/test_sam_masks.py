@@ -163,7 +163,7 @@ def test_checkpoint_of_another_model_type_says_which(tmp_path):
     # Only the image encoder's width matters to tell the type; a stub keeps the test light.
     path = tmp_path / "sam_vit_b_01ec64.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 2, 2, 768), "mask_decoder.x": torch.zeros(1)}, path)
-    with pytest.raises(WeightsError, match="looks like a vit_b checkpoint; pass --\[pipeline.datamanager.\]sam.model-type vit_b"):
+    with pytest.raises(WeightsError, match=r"looks like a vit_b checkpoint; pass --\[pipeline.datamanager.\]sam.model-type vit_b"):
         load_sam(SamMaskConfig(model_type="vit_h", checkpoint=path))
     other = tmp_path / "dino.pth"
     torch.save({"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}, other)
