@@ -16,6 +16,15 @@ if ! ldconfig -p 2>/dev/null | grep -q libusb-1.0.so.0; then
     echo "warning: libusb-1.0 is missing; install it (sudo apt-get install libusb-1.0-0) for seed point clouds" >&2
   fi
 fi
+# The web viewer's browser test drives Debian's chromium through playwright (never `playwright install`).
+if [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q chromium fonts-liberation >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-liberation >/dev/null; }) \
+      || echo "warning: could not install chromium; tests/test_viewer_browser.py will be skipped" >&2
+  else
+    echo "warning: /usr/bin/chromium is missing (sudo apt-get install chromium); the browser test will be skipped" >&2
+  fi
+fi
 
 [ -x "$VENV/bin/python" ] || uv venv -q "$VENV" --python "$PYTHON"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then

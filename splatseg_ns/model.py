@@ -254,7 +254,8 @@ class SplatsegModel(SplatfactoModel):
     def _refresh_candidates_on_schedule(self, datamanager, last_step: int, step: int) -> None:
         """GFL's schedule, plus once at the last step so that every checkpoint's candidates are current."""
         since = step - self.config.feature_stage_start - self.config.gfl.start_step
-        if (self.gfl_active(step) and since % self.config.gfl.refresh_every == 0) or (
+        gfl_refresh = self.gfl_active(step) and self.config.gfl.weight > 0 and since % self.config.gfl.refresh_every == 0
+        if gfl_refresh or (
             step == last_step and self.in_feature_stage
         ):
             self.refresh_global_candidates(datamanager)
@@ -320,21 +321,7 @@ class SplatsegModel(SplatfactoModel):
         self.last_size = (H, W)
         camera.rescale_output_resolution(scale)
 
-        geometry = dict(
-            means=gaussians("means"),
-            quats=gaussians("quats"),
-            scales=torch.exp(gaussians("scales")),
-            opacities=torch.sigmoid(gaussians("opacities")).squeeze(-1),
-            viewmats=viewmat,
-            Ks=K,
-            width=W,
-            height=H,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            sparse_grad=False,
-            rasterize_mode=self.config.rasterize_mode,
-        )
+        geometry = self._geometry(gaussians, viewmat, K, W, H)
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
         feature_training = self.training and self.in_feature_stage
         outputs: Dict[str, Union[torch.Tensor, List]] = {}
@@ -351,6 +338,24 @@ class SplatsegModel(SplatfactoModel):
                 outputs["seg_coarse"] = features[..., : self.config.coarse_feature_dim]
         return outputs
 
+    def _geometry(self, gaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Dict:
+        """The rasteriser's arguments for the Gaussians `gaussians(name)` returns, seen by one camera."""
+        return dict(
+            means=gaussians("means"),
+            quats=gaussians("quats"),
+            scales=torch.exp(gaussians("scales")),
+            opacities=torch.sigmoid(gaussians("opacities")).squeeze(-1),
+            viewmats=viewmat,
+            Ks=K,
+            width=width,
+            height=height,
+            packed=False,
+            near_plane=0.01,
+            far_plane=1e10,
+            sparse_grad=False,
+            rasterize_mode=self.config.rasterize_mode,
+        )
+
     @staticmethod
     def _render_features(rasterize, geometry, features: torch.Tensor) -> torch.Tensor:
         """Alpha-blend per-Gaussian features like colour, on a zero background: [H, W, D]."""
@@ -365,17 +370,12 @@ class SplatsegModel(SplatfactoModel):
     @torch.no_grad()
     def render_values(self, camera: Cameras, values: torch.Tensor) -> torch.Tensor:
         """Alpha-blend any per-Gaussian values [N, C] into one camera's image [H, W, C] (features, selection masks)."""
-        geometry = dict(
-            means=self.means,
-            quats=self.quats,
-            scales=torch.exp(self.scales),
-            opacities=torch.sigmoid(self.opacities).squeeze(-1),
-            viewmats=world_to_camera(camera.camera_to_worlds),
-            Ks=camera.get_intrinsics_matrices().to(self.device),
-            width=int(camera.width.item()),
-            height=int(camera.height.item()),
-            packed=False,
-            rasterize_mode=self.config.rasterize_mode,
+        geometry = self._geometry(
+            self.gauss_params.__getitem__,
+            world_to_camera(camera.camera_to_worlds),
+            camera.get_intrinsics_matrices().to(self.device),
+            int(camera.width.item()),
+            int(camera.height.item()),
         )
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
         return self._render_features(rasterize, geometry, values.to(self.device))

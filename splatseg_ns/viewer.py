@@ -11,14 +11,15 @@ named by position; every other handle is private, or it would be found twice. Th
 reaches its model through a weak reference: as a sub-module it would make a cycle.
 
 A click (`ViewerControl.register_pointer_cb("click")`, armed by the "Click to select" button,
-one click per press) gives a normalised screen position. The view the user sees is rendered
-again from the clicking browser's camera (`ViewerControl.get_camera`) at the viewer's maximum
-resolution, by the model's own `get_outputs` with the display applied, and the feature and the
-opacity are read at that pixel: exactly what `splatseg select` does on a dataset view. (Rendering
-only a 1x1 crop around the pixel would be cheaper but not exact: the projection clamps each
-Gaussian's Jacobian to the image's extent, so a crop changes the footprint of large Gaussians
-centred outside it.) The clicked features are kept, not the Gaussians: the selection is
-recomputed from them when the level or the threshold changes, or training changes the Gaussians.
+one click per press) gives the ray's origin and a normalised screen position. The view the user
+sees is rendered again, from the camera of the browser whose eye is that origin and at the size
+of the viewer's settled frame, by the model's own `get_outputs` with the display applied, and
+the feature and the opacity are read at that pixel: what `splatseg select` does on a dataset
+view. (A 1x1 crop around the pixel would render faster but not exactly the same: the projection
+clamps each Gaussian's Jacobian to the image's extent, so a crop changes the footprint of large
+Gaussians centred outside it.) The clicked features are kept, not the Gaussians: the selection
+is recomputed from them when the level or the threshold changes, or training changes the
+Gaussians.
 
 The display never touches `gauss_params`: `get_outputs` asks `display_overrides()` for
 replacement tensors (opacity logits pushed below the rasteriser's 1/255 alpha cut to hide
@@ -30,6 +31,7 @@ command-line tools always see the scene as trained.
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import threading
 import time
@@ -76,6 +78,39 @@ MIN_CLICK_OPACITY = 0.5
 """A click where the rendered opacity is below this hit empty background (as `splatseg select`)."""
 SIMILARITY_FALLBACK_THRESHOLD = 0.8
 """Cosine to the clicks for runs without global candidates (`select_by_similarity`'s default)."""
+
+
+class ViewerMarkdown(ViewerElement[str]):
+    """Read-only text shown in full, as markdown (a disabled text box cuts a message to the panel's width).
+
+    nerfstudio 1.1.5 has no markdown element; this one installs like the others. Its `value` is
+    the plain text, shown after the name in bold; paths may break after each "/" (the panel is narrow)."""
+
+    def __init__(self, name: str, value: str = ""):
+        super().__init__(name)
+        self._value = value
+
+    @property
+    def value(self) -> str:
+        return self._value
+
+    @value.setter
+    def value(self, value: str) -> None:
+        self._value = value
+        if self.gui_handle is not None:
+            self.gui_handle.content = self._content()  # type: ignore[union-attr]
+
+    def _content(self) -> str:
+        if not self._value:
+            return ""
+        shown = re.sub(r"([\\`*_{}\[\]<>#|~])", r"\\\1", self._value).replace("/", "/\u200b")
+        return f"**{self.name}:** {shown}"
+
+    def _create_gui_handle(self, viser_server) -> None:
+        self.gui_handle = viser_server.gui.add_markdown(self._content())  # type: ignore[assignment]
+
+    def install(self, viser_server) -> None:
+        self._create_gui_handle(viser_server)
 
 
 class _Folder(nn.Module):
@@ -156,23 +191,23 @@ class SplatsegViewer(nn.Module):
         self.add_module("Clicks & names", click)
         self.add_module("Display", display)
         self.add_module("Export", export)
-        self._arm = click.add(ViewerButton("Click to select", cb_hook=lambda _: self.arm_click()))
+        self._arm = click.add(ViewerButton("Click to select", cb_hook=lambda _: self._guarded(self.arm_click)))
         self._level = click.add(ViewerDropdown(
-            "Level", "coarse", ["coarse", "fine"], cb_hook=lambda _: self._report(),
+            "Level", "coarse", ["coarse", "fine"], cb_hook=lambda _: self._guarded(self._report),
             hint="coarse: whole objects; fine: their parts. Clicks made so far are re-applied."))
         self._mode = click.add(ViewerDropdown(
             "Click mode", "add", ["add", "subtract"], hint="Whether the next click adds its segment or removes it."))
         self._threshold = click.add(ViewerSlider(
-            "Similarity threshold", 0.0, 0.0, 1.0, 0.05, cb_hook=lambda _: self._report(),
+            "Similarity threshold", 0.0, 0.0, 1.0, 0.05, cb_hook=lambda _: self._guarded(self._report),
             hint="Keep only Gaussians whose cosine to their segment's centre is at least this; 0 keeps all."))
         self._name = click.add(ViewerText(
             "Name", "", hint="What to select by name, e.g. 'mushroom' (runs trained with --pipeline.datamanager."
                              "text-queries True). It replaces the selection; clicks then add or subtract."))
-        click.add(ViewerButton("Select by name", cb_hook=lambda _: self.select_by_name(self._name.value)))
-        click.add(ViewerButton("Clear selection", cb_hook=lambda _: self.clear()))
-        self._status = click.add(ViewerText("Status", "Press 'Click to select', then click an object.", disabled=True))
-        self._timing = click.add(ViewerText("Click time", "", disabled=True,
-                                            hint="Feature at the pixel (a render of the view) + selection, in ms."))
+        click.add(ViewerButton("Select by name",
+                               cb_hook=lambda _: self._guarded(lambda: self.select_by_name(self._name.value))))
+        click.add(ViewerButton("Clear selection", cb_hook=lambda _: self._guarded(self.clear)))
+        self._status = click.add(ViewerMarkdown("Status", "Press 'Click to select', then click an object."))
+        self._timing = click.add(ViewerMarkdown("Click time"))
         self._show = display.add(ViewerDropdown(
             "Show", "everything", DISPLAY_MODES,
             hint="segments: every Gaussian coloured by its global candidate at the chosen level; feature PCA: "
@@ -180,12 +215,13 @@ class SplatsegViewer(nn.Module):
         self._highlight = display.add(ViewerCheckbox("Highlight selection", True, hint="Tint the selected Gaussians."))
         self._file_name = export.add(ViewerText(
             "Selection file", "selection.json", hint="Written beside the run's config.yml."))
-        export.add(ViewerButton("Save selection", cb_hook=lambda _: self._guarded(self.save_selection)))
-        self._command = export.add(ViewerText("Export command", "", disabled=True,
-                                              hint="Run it to export the saved selection as a PLY."))
-        self._invert = export.add(ViewerCheckbox("Export the scene without it", False))
-        export.add(ViewerButton("Export PLY", cb_hook=lambda _: self._guarded(self.export_ply)))
-        self._written = export.add(ViewerText("Written", "", disabled=True))
+        export.add(ViewerButton("Save selection",
+                                cb_hook=lambda _: self._guarded(self.save_selection, self._written)))
+        self._command = export.add(ViewerText(
+            "Export command", "", hint="Exports the saved selection as a PLY; select it all here and copy it."))
+        self._invert = export.add(ViewerCheckbox("Invert", False, hint="Export the scene without the selection."))
+        export.add(ViewerButton("Export PLY", cb_hook=lambda _: self._guarded(self.export_ply, self._written)))
+        self._written = export.add(ViewerMarkdown("Written"))
 
     # ----------------------------------------------------------------------------------- context
     @property
@@ -194,10 +230,10 @@ class SplatsegViewer(nn.Module):
 
     def bind(self, config_path: Optional[Path] = None, pipeline=None,
              encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None) -> None:
-        """The run's config.yml and pipeline (in the viewer they come from nerfstudio), and optionally a text encoder."""
+        """The run's config.yml and pipeline (the viewer's otherwise), and a text encoder (CLIP's otherwise)."""
         self._bound = SimpleNamespace(config_path=Path(config_path).resolve() if config_path is not None else None,
                                       pipeline=pipeline)
-        self._encode_text = encode_text or self._encode_text
+        self._encode_text = encode_text
 
     def _viewer(self):
         return getattr(self.viewer_control, "viewer", None)
@@ -219,7 +255,7 @@ class SplatsegViewer(nn.Module):
             raise RunError(f"Cannot find this run's config.yml ({config}); start ns-viewer from the folder you "
                            "trained in, so that the run's relative output path resolves.")
         viewer = self._viewer()
-        pipeline = self._bound.pipeline or (viewer.pipeline if viewer is not None else SimpleNamespace(model=self._model))
+        pipeline = self._bound.pipeline or (viewer.pipeline if viewer else SimpleNamespace(model=self._model))
         return TrainedRun.from_pipeline(config, pipeline)
 
     def _set(self, element: ViewerElement, value) -> None:
@@ -228,13 +264,12 @@ class SplatsegViewer(nn.Module):
     def _say(self, message: str) -> None:
         self._set(self._status, message)
 
-    def _guarded(self, action: Callable[[], object]) -> None:
-        """Run a button's action; a failure is shown in the panel instead of ending in the server's log."""
+    def _guarded(self, action: Callable[[], object], where: Optional[ViewerElement] = None) -> None:
+        """Run an element's action; a failure is shown in the panel instead of ending in the server's log."""
         try:
             action()
         except Exception as err:  # noqa: BLE001 - whatever went wrong, the user reads it in the panel
-            self._set(self._written, f"Failed: {err}")
-            self._say(f"Failed: {err}")
+            self._set(where or self._status, f"Failed: {err}")
 
     # ------------------------------------------------------------------------------- selection
     @property
@@ -315,7 +350,7 @@ class SplatsegViewer(nn.Module):
             self._say("Nothing selected. Press 'Click to select', then click an object.")
             return
         selected = self.selected()
-        how = "" if self._click_index(self.level) is not None else " (no global candidates in this run yet: raw similarity)"
+        how = "" if self._click_index(self.level) is not None else " (no global candidates yet: raw similarity)"
         self._say(f"{int(selected.sum())} of {selected.numel()} Gaussians selected ({self.level}){how}.")
 
     def clear(self) -> None:
@@ -330,10 +365,12 @@ class SplatsegViewer(nn.Module):
         if self._viewer() is None:
             self._say("No viewer is attached.")
             return
+        self._click_index(self.level)  # built now (once per run), so that the click's time is the click's
         self.viewer_control.register_pointer_cb("click", self._on_viewer_click)
         if self._arm.gui_handle is not None:
             self._arm.set_disabled(True)
-        self._say(f"Click on an object to {'add it to' if self._mode.value == 'add' else 'remove it from'} the selection.")
+        action = "add it to" if self._mode.value == "add" else "remove it from"
+        self._say(f"Click on an object to {action} the selection.")
 
     def _on_viewer_click(self, click: ViewerClick) -> None:
         """Pointer callback (viser's thread, outside nerfstudio's train lock: take it, the model may be training)."""
@@ -359,12 +396,18 @@ class SplatsegViewer(nn.Module):
             raise RuntimeError("no browser is connected")
         from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
 
+        from nerfstudio.viewer.utils import get_camera
+
         origin = np.asarray(click.origin, dtype=np.float64)
-        client_id = min(clients, key=lambda i: np.linalg.norm(
-            np.asarray(clients[i].camera.position) / VISER_NERFSTUDIO_SCALE_RATIO - origin))
-        height = int(getattr(viewer.control_panel, "max_res", 512))
-        width = max(1, int(round(height * clients[client_id].camera.aspect)))
-        camera = self.viewer_control.get_camera(height, width, client_id)
+        client = min(clients.values(), key=lambda c: np.linalg.norm(
+            np.asarray(c.camera.position) / VISER_NERFSTUDIO_SCALE_RATIO - origin))
+        # The size of the viewer's settled frame (RenderStateMachine._calculate_image_res, "high").
+        state = viewer.get_camera_state(client)
+        max_res = int(viewer.control_panel.max_res)
+        height, width = max_res, int(max_res * state.aspect)
+        if width > max_res:
+            height, width = int(max_res / state.aspect), max_res
+        camera = get_camera(state, height, width)
         sx, sy = click.screen_pos
         x = min(max(sx * width, 0.0), width - 1e-3)
         y = min(max(sy * height, 0.0), height - 1e-3)
@@ -374,7 +417,6 @@ class SplatsegViewer(nn.Module):
     def click_pixel(self, camera: "Cameras", x: float, y: float, subtract: Optional[bool] = None,
                     screen_pos: Optional[List[float]] = None) -> bool:
         """Click pixel (x, y) of `camera` as shown: add (or subtract) the segment there. False on background."""
-        model = self._model
         subtract = self._mode.value == "subtract" if subtract is None else subtract
         start = time.perf_counter()
         outputs = self.render(camera)
@@ -383,7 +425,7 @@ class SplatsegViewer(nn.Module):
         opacity = float(outputs["accumulation"][row, column, 0])  # syncs, so the time below is the render's
         rendered = time.perf_counter()
         if opacity < MIN_CLICK_OPACITY:
-            self._set(self._timing, f"features {1000 * (rendered - start):.1f} ms")
+            self._set(self._timing, f"feature at the pixel {1000 * (rendered - start):.1f} ms")
             self._say(f"That is empty background (rendered opacity {opacity:.2f}): click on an object.")
             return False
         (self._negative if subtract else self._positive).append(feature)
@@ -394,9 +436,9 @@ class SplatsegViewer(nn.Module):
         if selected.is_cuda:
             torch.cuda.synchronize(selected.device)
         done = time.perf_counter()
-        self.last_click_ms = (1000 * (rendered - start), 1000 * (done - rendered))
-        self._set(self._timing, f"{sum(self.last_click_ms):.1f} ms = features {self.last_click_ms[0]:.1f} ms "
-                                f"({width}x{height} render) + selection {self.last_click_ms[1]:.2f} ms")
+        features_ms, selection_ms = self.last_click_ms = (1000 * (rendered - start), 1000 * (done - rendered))
+        self._set(self._timing, f"{features_ms + selection_ms:.1f} ms = feature at the pixel {features_ms:.1f} ms "
+                                f"(a {width}x{height} render) + selection {selection_ms:.2f} ms")
         self._report()
         return True
 
@@ -484,7 +526,9 @@ class SplatsegViewer(nn.Module):
         selected = self.selected() if self.has_prompts() else None
         overrides: Dict[str, torch.Tensor] = {}
         if mode in ("selection only", "without selection"):
-            visible = torch.zeros(model.num_points, dtype=torch.bool, device=model.device) if selected is None else selected
+            if selected is None:
+                selected = torch.zeros(model.num_points, dtype=torch.bool, device=model.device)
+            visible = selected
             if mode == "without selection":
                 visible = ~visible
             hidden = torch.full_like(model.opacities, HIDDEN_OPACITY_LOGIT)
@@ -532,7 +576,7 @@ class SplatsegViewer(nn.Module):
         return {"features_dc": dc, "features_rest": torch.zeros_like(model.features_rest)}
 
     def _tinted(self, selected: torch.Tensor, overrides: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The selected Gaussians' colour blended towards the highlight colour (an exact blend of the rendered colour)."""
+        """The selected Gaussians' colours blended towards the highlight colour (exactly, as rendered)."""
         model = self._model
         dc = overrides.get("features_dc", model.features_dc)
         rest = overrides.get("features_rest", model.features_rest)
@@ -544,7 +588,8 @@ class SplatsegViewer(nn.Module):
             # colour = C0 dc + sum(rest terms) + 0.5 is affine in (dc, rest): blending them blends the colour.
             tinted_dc, tinted_rest = (1 - s) * dc + s * RGB2SH(highlight), (1 - s) * rest
         else:
-            tinted_dc, tinted_rest = torch.logit(((1 - s) * torch.sigmoid(dc) + s * highlight).clamp(1e-4, 1 - 1e-4)), rest
+            blended = (1 - s) * torch.sigmoid(dc) + s * highlight
+            tinted_dc, tinted_rest = torch.logit(blended.clamp(1e-4, 1 - 1e-4)), rest
         return {"features_dc": torch.where(selected[:, None], tinted_dc, dc),
                 "features_rest": torch.where(selected[:, None, None], tinted_rest, rest)}
 
@@ -574,7 +619,7 @@ class SplatsegViewer(nn.Module):
         command = ["splatseg", "export", "--load-config", str(run.config_path), "--selection", str(path),
                    "--output", str(output), *(["--invert"] if self._invert.value else [])]
         self._set(self._command, shlex.join(command))
-        self._set(self._written, f"{path} ({len(selection.indices)} Gaussians)")
+        self._set(self._written, f"{path.name} ({len(selection.indices)} Gaussians), in {path.parent}")
         return path
 
     def export_ply(self) -> Optional[Path]:
@@ -591,5 +636,5 @@ class SplatsegViewer(nn.Module):
         # Without candidates there is no similarity to drop weak members by: keep them all.
         keep_weak = self._click_index(self.level) is None
         written = export_selection(run, read_selection(path), path, output, invert=invert, keep_weak=keep_weak)
-        self._set(self._written, f"{output} ({written} Gaussians)")
+        self._set(self._written, f"{output.name} ({written} Gaussians), in {output.parent}")
         return output
