@@ -84,8 +84,8 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             self.config.mask_source == "auto" and (folder.root / "coarse").is_dir()
         )
         extractors = []
+        device = "cuda" if torch.cuda.is_available() else "cpu"
         if not use_folder or self.config.text_queries:  # CLIP embeds the cached masks
-            device = "cuda" if torch.cuda.is_available() else "cpu"
             extractors.append(
                 cache_module.folder_extractor(folder.root) if use_folder
                 else cache_module.sam_extractor(self.config.sam, device)
@@ -93,7 +93,7 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             if self.config.text_queries:
                 extractors.append(cache_module.clip_extractor(self.config.clip_config, device))
         if self.config.dino:
-            extractors.append(cache_module.dino_extractor(self.config.dino_config, "cuda" if torch.cuda.is_available() else "cpu"))
+            extractors.append(cache_module.dino_extractor(self.config.dino_config, device))
         self.feature_cache = cache_module.FeatureCache(data_dir, self.config.cache_dir)
         if extractors:
             cache_module.extract_all(image_paths, extractors, self.feature_cache.cache_dir, data_dir=data_dir)

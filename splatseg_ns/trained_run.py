@@ -38,6 +38,12 @@ class View:
         """(width, height) in pixels."""
         return int(self.camera.width.item()), int(self.camera.height.item())
 
+    def check_pixel(self, x: float, y: float) -> None:
+        """A click must land on the image."""
+        width, height = self.size
+        if not (0 <= x < width and 0 <= y < height):
+            raise RunError(f"Click ({x}, {y}) is outside view {self.name} ({width}x{height} pixels).")
+
 
 class TrainedRun:
     """Loads `config.yml` of a splatseg run and serves what the tools need from it."""
@@ -120,13 +126,11 @@ class TrainedRun:
     def features_at(self, view: View, pixels: Sequence[Sequence[float]], level: Level,
                     outputs: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Rendered feature [P, D_level] at pixel coordinates (x, y) of the view; a click off the image fails."""
-        width, height = view.size
         outputs = outputs if outputs is not None else self.render(view)
         features = self.level_slice(outputs["seg_features"], level)
         picked = []
         for x, y in pixels:
-            if not (0 <= x < width and 0 <= y < height):
-                raise RunError(f"Click ({x}, {y}) is outside view {view.name} ({width}x{height} pixels).")
+            view.check_pixel(x, y)
             picked.append(features[int(y), int(x)])
         return torch.stack(picked) if picked else features.new_zeros(0, features.shape[-1])
 

@@ -57,9 +57,7 @@ def level_index(run: TrainedRun, level: Level) -> LevelIndex:
 
 def check_clicks_hit_something(view: View, accumulation: torch.Tensor, clicks: Sequence[Pixel]) -> None:
     for x, y in clicks:
-        width, height = view.size
-        if not (0 <= x < width and 0 <= y < height):
-            raise RunError(f"Click ({x}, {y}) is outside view {view.name} ({width}x{height} pixels).")
+        view.check_pixel(x, y)
         opacity = float(accumulation[int(y), int(x)])
         if opacity < MIN_CLICK_OPACITY:
             raise RunError(
