@@ -18,7 +18,7 @@ from typing import Dict, List, Literal, Optional, Type
 import torch
 from rich.progress import track
 
-from nerfstudio.cameras.cameras import CameraType
+from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
 
@@ -57,11 +57,18 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
 
     config: SplatsegDataManagerConfig
 
+    def __init__(self, *args, **kwargs):
+        self.cameras_before_undistortion: Dict[str, Cameras] = {}
+        """Per split, the cameras as the dataparser gave them: pixels of the image files (clicks, ground-truth
+        masks) map into the undistorted views through them."""
+        super().__init__(*args, **kwargs)
+
     def _load_images(
         self, split: Literal["train", "eval"], cache_images_device: Literal["cpu", "gpu"]
     ) -> List[Dict[str, torch.Tensor]]:
         dataset = self.train_dataset if split == "train" else self.eval_dataset
         cameras_before_undistortion = deepcopy(dataset.cameras)  # the parent rewrites intrinsics in place
+        self.cameras_before_undistortion[split] = cameras_before_undistortion
         if cache_images_device == "cpu" and not torch.cuda.is_available():
             # "cpu" caching pins memory, which needs an accelerator; "gpu" caching moves to self.device (the CPU).
             cache_images_device = "gpu"

@@ -110,10 +110,11 @@ def showcase_selection(config: Path, data: Path, output_dir: Path, view: str = "
     mask = render_selection_mask(run, target, selected)[..., None]
     highlighted = np.where(mask, 0.5 * rgb + 0.5 * np.array([1.0, 0.1, 0.1]), 0.35 * rgb + 0.65)
     alone = np.where(mask, rgb, 1.0)
-    image = np.asarray(Image.open(target.image_path).convert("RGB"), dtype=np.float32) / 255
+    image = np.asarray(Image.open(target.image_path).convert("RGB").resize(target.size), dtype=np.float32) / 255
     x, y = click
+    column, row = target.render_pixel(x, y)
     for panel in (image, highlighted):  # mark the click
-        panel[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = (0.0, 0.0, 0.0)
+        panel[max(0, row - 1) : row + 2, max(0, column - 1) : column + 2] = (0.0, 0.0, 0.0)
     strip = np.concatenate([image, rgb, highlighted, alone], axis=1)
     scale = max(1, 256 // strip.shape[0])
     picture = Image.fromarray((strip * 255).astype(np.uint8)).resize(

@@ -98,6 +98,45 @@ def world_to_camera(camera_to_world: torch.Tensor) -> torch.Tensor:
     return viewmat
 
 
+def finish_at_max_iterations(trainer) -> None:
+    """A resumed run (`--load-dir`) trains up to step --max-num-iterations, not that many steps more.
+
+    nerfstudio runs max_num_iterations steps from the loaded step; splatseg's two stages and GFL
+    schedule are fixed in absolute steps, so an interrupted run resumes to the same end as an
+    uninterrupted one. The trainer reads the count when training starts, after this callback setup.
+    """
+    start, total = int(trainer._start_step), int(trainer.config.max_num_iterations)
+    if start == 0:
+        return
+    if start >= total:
+        raise ValueError(
+            f"The checkpoint loaded is at step {start - 1}, already the end of --max-num-iterations {total}. "
+            "Raise --max-num-iterations to train longer, or use the run as it is."
+        )
+    print(f"splatseg: resuming at step {start} of {total}; training the remaining {total - start} steps.")
+    trainer.config.max_num_iterations = total - start
+
+
+def rebind_optimizers(optimizers: Dict[str, torch.optim.Optimizer], groups: Dict[str, List[Parameter]]) -> None:
+    """Point each optimizer at the model's current Parameter, carrying its loaded state along.
+
+    Loading a checkpoint (`--load-dir`) replaces every Gaussian tensor with a new Parameter of the
+    checkpoint's size, after nerfstudio built the optimizers on the old ones: without this the
+    resumed run's optimizers step tensors the model no longer uses and nothing trains.
+    """
+    for name, params in groups.items():
+        optimizer = optimizers.get(name)
+        if optimizer is None:
+            continue
+        old, new = optimizer.param_groups[0]["params"][0], params[0]
+        if old is new:
+            continue
+        optimizer.param_groups[0]["params"] = [new]
+        state = optimizer.state.pop(old, None)
+        if state is not None and all(v.shape == new.shape for v in state.values() if torch.is_tensor(v) and v.dim() > 0):
+            optimizer.state[new] = state
+
+
 def pick_rasterizer(choice: str, device: torch.device):
     """gsplat on CUDA, the pure-torch rasteriser otherwise (gsplat has no CPU path)."""
     if choice == "gsplat" or (choice == "auto" and device.type == "cuda"):
@@ -218,7 +257,13 @@ class SplatsegModel(SplatfactoModel):
             for key, empty in ((f"candidate_centers_{level}", (0, self._level_dim(level))), (f"candidate_clip_{level}", (0, 0))):
                 dict.setdefault(key, torch.zeros(empty))
                 setattr(self, key, torch.zeros_like(dict[key], device=self.device))
-        return super().load_state_dict(dict, **kwargs)
+        result = super().load_state_dict(dict, **kwargs)
+        if self.candidate_centers_coarse.shape[0] or self.candidate_centers_fine.shape[0]:
+            # A resumed run keeps pulling towards its candidates at once, not only after the next refresh.
+            self.candidates = GlobalCandidates.from_centers(
+                self.candidate_centers_coarse, self.candidate_centers_fine, self.config.coarse_feature_dim
+            )
+        return result
 
     def get_gaussian_param_groups(self) -> Dict[str, List[Parameter]]:
         groups = super().get_gaussian_param_groups()
@@ -237,8 +282,12 @@ class SplatsegModel(SplatfactoModel):
             )
         callbacks = super().get_training_callbacks(training_callback_attributes)
         pipeline = training_callback_attributes.pipeline
+        if trainer is not None:
+            finish_at_max_iterations(trainer)
+        if training_callback_attributes.optimizers is not None:
+            rebind_optimizers(training_callback_attributes.optimizers.optimizers, self.get_gaussian_param_groups())
         if pipeline is not None and trainer is not None:
-            last_step = trainer.config.max_num_iterations - 1
+            last_step = trainer.config.max_num_iterations + trainer._start_step - 1
             callbacks.append(
                 TrainingCallback(
                     [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],

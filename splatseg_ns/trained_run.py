@@ -14,7 +14,11 @@ from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+from PIL import Image
+
+from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
 
 Level = Literal["coarse", "fine"]
 
@@ -25,24 +29,77 @@ class RunError(ValueError):
 
 @dataclass
 class View:
-    """One image of the dataset: where it is, and the camera that took it."""
+    """One image of the dataset: where it is, the camera that renders it, and how its file's pixels map there.
+
+    Clicks and ground-truth masks are given in pixels of the image file (the contract). The rendered
+    view can differ from the file: downscaled (`camera-res-scale-factor`) and, for cameras with lens
+    distortion, undistorted and cropped by nerfstudio. `source_camera` is the camera before
+    undistortion, at the rendered scale.
+    """
 
     name: str
     split: str
     index: int
     image_path: Path
-    camera: "object"  # nerfstudio Cameras of shape [1]
+    camera: "object"  # nerfstudio Cameras of shape [1], as rendered
+    file_size: Tuple[int, int]
+    source_camera: "object"  # Cameras [1] before undistortion
 
     @property
     def size(self) -> Tuple[int, int]:
-        """(width, height) in pixels."""
+        """(width, height) of the rendered view in pixels."""
         return int(self.camera.width.item()), int(self.camera.height.item())
 
     def check_pixel(self, x: float, y: float) -> None:
-        """A click must land on the image."""
-        width, height = self.size
+        """A click must land on the image file."""
+        width, height = self.file_size
         if not (0 <= x < width and 0 <= y < height):
             raise RunError(f"Click ({x}, {y}) is outside view {self.name} ({width}x{height} pixels).")
+
+    def render_pixel(self, x: float, y: float) -> Tuple[int, int]:
+        """The rendered view's pixel (column, row) that shows pixel (x, y) of the image file."""
+        self.check_pixel(x, y)
+        source = self.source_camera
+        sw, sh = int(source.width.item()), int(source.height.item())
+        point = np.array([[(x + 0.5) * sw / self.file_size[0] - 0.5, (y + 0.5) * sh / self.file_size[1] - 0.5]])
+        distortion = _distortion(source)
+        if distortion is not None:
+            point = undistort_pixels(point, *distortion[:2], (sw, sh), fisheye=distortion[2])
+        column, row = (int(round(float(v))) for v in point[0])
+        width, height = self.size
+        if not (0 <= column < width and 0 <= row < height):
+            raise RunError(
+                f"Click ({x}, {y}) on {self.name} falls in the border that undistortion crops away; click further "
+                "inside the image."
+            )
+        return column, row
+
+    def mask_to_render(self, mask: np.ndarray) -> np.ndarray:
+        """A bool mask on the image file, carried into the rendered view (resized and undistorted, nearest)."""
+        source = self.source_camera
+        sw, sh = int(source.width.item()), int(source.height.item())
+        if mask.shape != (sh, sw):
+            mask = np.array(Image.fromarray(mask).resize((sw, sh), Image.NEAREST))
+        distortion = _distortion(source)
+        if distortion is not None:
+            mask = undistort_instance_map(mask.astype(np.int32), *distortion[:2], fisheye=distortion[2]) > 0
+        if mask.shape != self.size[::-1]:
+            raise RunError(f"{self.name}: a mask carried into the view is {mask.shape}, the view {self.size[::-1]}.")
+        return mask
+
+
+def _distortion(camera) -> Optional[Tuple[np.ndarray, np.ndarray, bool]]:
+    """(K, distortion, fisheye) of a camera with lens distortion, None for a pinhole one."""
+    params = camera.distortion_params
+    if params is None or not torch.any(params != 0):
+        return None
+    from nerfstudio.cameras.cameras import CameraType
+
+    camera_type = CameraType(int(camera.camera_type.reshape(-1)[0].item()))
+    if camera_type not in (CameraType.PERSPECTIVE, CameraType.FISHEYE):
+        raise RunError(f"Pixels of {camera_type.name} cameras cannot be mapped into the undistorted view.")
+    K = camera.get_intrinsics_matrices().reshape(3, 3).cpu().numpy()
+    return K, params.reshape(-1).cpu().numpy(), camera_type == CameraType.FISHEYE
 
 
 class TrainedRun:
@@ -112,10 +169,23 @@ class TrainedRun:
                 path = Path(path)
                 names.append(path.name)
                 if _names_image(wanted, path):
-                    camera = dataset.cameras[index : index + 1].to(self.device)
-                    return View(name=path.name, split=split, index=index, image_path=path, camera=camera)
+                    return self._make_view(split, dataset, index, path)
         examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise RunError(f"No view named {name!r} in this run's dataset; views are named by image file, e.g. {examples}.")
+
+    def _make_view(self, split: str, dataset, index: int, path: Path) -> View:
+        dm = self.pipeline.datamanager
+        if _distortion(dataset.cameras[index]) is not None:
+            getattr(dm, "cached_train" if split == "train" else "cached_eval")  # nerfstudio undistorts on loading
+        source = getattr(dm, "cameras_before_undistortion", {}).get(split, dataset.cameras)[index : index + 1]
+        try:
+            with Image.open(path) as im:
+                file_size = im.size
+        except OSError as err:
+            raise RunError(f"{path}: cannot read the image of view {path.name} ({err}).") from err
+        camera = dataset.cameras[index : index + 1].to(self.device)
+        return View(name=path.name, split=split, index=index, image_path=path, camera=camera,
+                    file_size=file_size, source_camera=source)
 
     @torch.no_grad()
     def render(self, view: View) -> Dict[str, torch.Tensor]:
@@ -125,13 +195,13 @@ class TrainedRun:
     @torch.no_grad()
     def features_at(self, view: View, pixels: Sequence[Sequence[float]], level: Level,
                     outputs: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """Rendered feature [P, D_level] at pixel coordinates (x, y) of the view; a click off the image fails."""
+        """Rendered feature [P, D_level] at pixels (x, y) of the view's image file; a click off the image fails."""
         outputs = outputs if outputs is not None else self.render(view)
         features = self.level_slice(outputs["seg_features"], level)
         picked = []
         for x, y in pixels:
-            view.check_pixel(x, y)
-            picked.append(features[int(y), int(x)])
+            column, row = view.render_pixel(x, y)
+            picked.append(features[row, column])
         return torch.stack(picked) if picked else features.new_zeros(0, features.shape[-1])
 
     def level_slice(self, features: torch.Tensor, level: Level) -> torch.Tensor:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splatseg_ns.core.masks import FolderMasks, MaskError, read_instance_map, undistort_instance_map
+from splatseg_ns.core.masks import FolderMasks, MaskError, read_instance_map, undistort_instance_map, undistort_pixels
 
 
 def save(path, array, mode=None):
@@ -112,3 +112,18 @@ def test_views_with_equal_names_in_different_folders(tmp_path):
     assert _names_image(Path("test/r_0"), tmp_path / "test" / "r_0.png")
     assert not _names_image(Path("train/r_0.png"), tmp_path / "test" / "r_0.png")
     assert _names_image(Path("r_0.png"), tmp_path / "train" / "r_0.png")
+
+
+@pytest.mark.parametrize("fisheye", [False, True])
+def test_a_pixel_lands_where_its_mask_is_undistorted_to(fisheye):
+    """Clicks and masks on a distorted image file must meet in the same pixel of the undistorted view."""
+    w, h = 270, 480
+    K = np.array([[343.9, 0, 138.6], [0, 343.6, 241.3], [0, 0, 1]])
+    distortion = np.array([0.2, -0.05, 0.01, 0.0]) if fisheye else np.array([0.25, -0.08, 0.0, 0.0, -0.003, 0.002])
+    for x, y in [(135, 240), (20, 30), (250, 450), (60, 400)]:
+        blob = np.zeros((h, w), np.int32)
+        blob[y - 2 : y + 3, x - 2 : x + 3] = 1
+        moved = undistort_instance_map(blob, K, distortion, fisheye)
+        rows, cols = np.nonzero(moved)
+        (px, py), = undistort_pixels(np.array([[x, y]]), K, distortion, (w, h), fisheye)
+        assert abs(px - cols.mean()) < 1.0 and abs(py - rows.mean()) < 1.0, (x, y, px, py, cols.mean(), rows.mean())

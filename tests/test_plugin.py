@@ -123,6 +123,65 @@ def test_features_survive_checkpoint_load():
     torch.testing.assert_close(other.means, model.means)
 
 
+def test_resumed_model_pulls_towards_its_checkpointed_candidates():
+    from splatseg_ns.core.global_candidates import GlobalCandidates, two_level_gfl_loss
+
+    model = make_model(num_points=30)
+    coarse = torch.nn.functional.normalize(torch.randn(3, 12), dim=-1)
+    fine = torch.nn.functional.normalize(torch.randn(5, 24), dim=-1)
+    model.set_candidates(GlobalCandidates.from_centers(coarse, fine, 12))
+    resumed = make_model(num_points=5)
+    assert resumed.candidates is None
+    resumed.load_state_dict(model.state_dict())
+    assert resumed.candidates is not None
+    torch.testing.assert_close(resumed.candidates.coarse.centers, coarse)
+    torch.testing.assert_close(resumed.candidates.fine.centers, fine)
+    losses = two_level_gfl_loss(resumed.seg_features, resumed.candidates, resumed.config.gfl)
+    assert all(torch.isfinite(v) for v in losses.values())
+    assert make_model(num_points=5).candidates is None  # a fresh run has none until the first refresh
+
+
+def test_resumed_optimizers_step_the_loaded_gaussians():
+    """After `--load-dir` the model's tensors are new Parameters of the checkpoint's size; the optimizers
+    (built before loading) must step those, with the loaded Adam state, or a resumed run never trains."""
+    from splatseg_ns.model import rebind_optimizers
+
+    trained = make_model(num_points=20)
+    trained_opt = Optimizers(splatseg_trainer_config().optimizers, trained.get_param_groups())
+    sum(p.sum() for p in trained.gauss_params.values()).backward()
+    trained_opt.optimizer_step_all()
+    resumed = make_model(num_points=5)
+    optimizers = Optimizers(splatseg_trainer_config().optimizers, resumed.get_param_groups())  # nerfstudio's order:
+    resumed.load_state_dict(trained.state_dict())  # optimizers first, then the checkpoint
+    optimizers.load_optimizers({k: v.state_dict() for k, v in trained_opt.optimizers.items()})
+    rebind_optimizers(optimizers.optimizers, resumed.get_gaussian_param_groups())
+    before = {k: v.detach().clone() for k, v in resumed.gauss_params.items()}
+    sum(p.sum() for p in resumed.gauss_params.values()).backward()
+    optimizers.optimizer_step_all()
+    for name, value in resumed.gauss_params.items():
+        assert not torch.equal(value, before[name]), f"{name} did not train after resuming"
+        state = optimizers.optimizers[name].state[value]
+        assert state["exp_avg"].shape == value.shape and int(state["step"]) == 2  # the loaded Adam state went on
+
+
+class _Trainer:
+    def __init__(self, start, total):
+        self._start_step = start
+        self.config = type("C", (), {"max_num_iterations": total})()
+
+
+def test_resume_trains_up_to_max_iterations_not_that_many_more():
+    from splatseg_ns.model import finish_at_max_iterations
+
+    fresh, resumed = _Trainer(0, 400), _Trainer(134, 400)
+    finish_at_max_iterations(fresh)
+    finish_at_max_iterations(resumed)
+    assert fresh.config.max_num_iterations == 400
+    assert resumed.config.max_num_iterations == 266  # nerfstudio's loop: range(134, 134 + 266) ends at 399
+    with pytest.raises(ValueError, match="Raise --max-num-iterations"):
+        finish_at_max_iterations(_Trainer(400, 400))
+
+
 def test_splatfacto_checkpoint_gets_fresh_features():
     model = make_model(num_points=20)
     state = {k: v for k, v in model.state_dict().items() if "seg_features" not in k}

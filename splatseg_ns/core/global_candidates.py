@@ -130,6 +130,17 @@ class GlobalCandidates:
     def to(self, device) -> "GlobalCandidates":
         return GlobalCandidates(self.coarse.to(device), self.fine.to(device), self.coarse_dim, self.num_views)
 
+    @classmethod
+    def from_centers(cls, coarse: torch.Tensor, fine: torch.Tensor, coarse_dim: int) -> "GlobalCandidates":
+        """Candidates known only by their centres (as a checkpoint stores them): enough for GFL and clicks;
+        the per-mask tables stay empty until the next refresh."""
+
+        def level(centers: torch.Tensor) -> LevelCandidates:
+            empty = torch.zeros(0, dtype=torch.long, device=centers.device)
+            return LevelCandidates(centers, centers.new_zeros(0, centers.shape[1]), empty, empty, empty, empty)
+
+        return cls(level(coarse), level(fine), coarse_dim, num_views=0)
+
 
 @torch.no_grad()
 def mask_mean_features(

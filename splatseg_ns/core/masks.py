@@ -136,6 +136,39 @@ def undistort_instance_map(
     return out[y : y + rh, x : x + rw]
 
 
+def undistort_pixels(
+    points: np.ndarray,
+    K: np.ndarray,
+    distortion: np.ndarray,
+    image_wh: Tuple[int, int],
+    fisheye: bool = False,
+) -> np.ndarray:
+    """Where pixels (x, y) [N, 2] of the distorted image land in nerfstudio's undistorted (cropped) image.
+
+    The forward map of the remap in `undistort_instance_map` (same new camera matrix, crop and
+    half-pixel convention), so a click on the image file and its mask pixel end up at the same
+    place in the rendered view.
+    """
+    import cv2
+
+    w, h = image_wh
+    K = K.astype(np.float64).copy()
+    K[0, 2] -= 0.5
+    K[1, 2] -= 0.5
+    src = np.asarray(points, dtype=np.float64).reshape(-1, 1, 2)
+    if fisheye:
+        d = np.asarray(distortion[:4], dtype=np.float64)
+        newK = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(K, d, (w, h), np.eye(3), balance=0)
+        return cv2.fisheye.undistortPoints(src, K, d, R=np.eye(3), P=newK).reshape(-1, 2)
+    d = np.asarray(distortion, dtype=np.float64)
+    d = np.array([d[0], d[1], d[4], d[5], d[2], d[3], 0, 0])
+    if not np.any(d):
+        return src.reshape(-1, 2)
+    newK, roi = cv2.getOptimalNewCameraMatrix(K, d, (w, h), 0)
+    out = cv2.undistortPoints(src, K, d, P=newK).reshape(-1, 2)
+    return out - np.array([roi[0], roi[1]], dtype=np.float64)
+
+
 def mask_source_from(mask_dir: Optional[Path], data_dir: Path) -> FolderMasks:
     """The folder mask source for a dataset (its own folder unless told otherwise)."""
     return FolderMasks(Path(mask_dir) if mask_dir is not None else Path(data_dir))

@@ -39,12 +39,19 @@ def render_selection_mask(run: TrainedRun, view: View, selected: torch.Tensor) -
     return (run.model.render_values(view.camera, values)[..., 0] > 0.5).cpu().numpy()
 
 
-def read_gt_mask(path: Path, size) -> np.ndarray:
-    with Image.open(path) as im:
-        mask = np.array(im.convert("L")) > 127
-    if mask.shape[::-1] != tuple(size):
-        mask = np.array(Image.fromarray(mask).resize(tuple(size), Image.NEAREST))
-    return mask
+def read_gt_mask(path: Path, view: View) -> np.ndarray:
+    """The ground-truth mask (drawn on the image file) as the rendered view sees it."""
+    try:
+        with Image.open(path) as im:
+            mask = np.array(im.convert("L")) > 127
+    except OSError as err:
+        raise RunError(f"{path}: cannot read the ground-truth mask ({err}); write it as a binary PNG.") from err
+    fw, fh = view.file_size
+    if mask.shape != (fh, fw):
+        if abs(mask.shape[0] / fh - mask.shape[1] / fw) > 0.02 * mask.shape[0] / fh:
+            raise RunError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {fw}x{fh} (another aspect ratio).")
+        mask = np.array(Image.fromarray(mask).resize((fw, fh), Image.NEAREST))
+    return view.mask_to_render(mask)
 
 
 def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
@@ -64,7 +71,7 @@ def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
         views = []
         for gt_file in gt_files:
             view = run.view(gt_file.stem)
-            scores = mask_metrics(render_selection_mask(run, view, selected), read_gt_mask(gt_file, view.size))
+            scores = mask_metrics(render_selection_mask(run, view, selected), read_gt_mask(gt_file, view))
             views.append({"view": view.name, **scores})
         mean = {key: float(np.mean([v[key] for v in views])) for key in ("iou", "accuracy", "boundary_iou")}
         per_prompt.append({"name": prompt["name"], "level": selection.level, "num_gaussians": len(selection.indices),

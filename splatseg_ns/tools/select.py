@@ -57,8 +57,8 @@ def level_index(run: TrainedRun, level: Level) -> LevelIndex:
 
 def check_clicks_hit_something(view: View, accumulation: torch.Tensor, clicks: Sequence[Pixel]) -> None:
     for x, y in clicks:
-        view.check_pixel(x, y)
-        opacity = float(accumulation[int(y), int(x)])
+        column, row = view.render_pixel(x, y)
+        opacity = float(accumulation[row, column])
         if opacity < MIN_CLICK_OPACITY:
             raise RunError(
                 f"Click ({x}, {y}) on {view.name} hits empty background (rendered opacity {opacity:.2f}); "
