@@ -72,7 +72,13 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
         if cache_images_device == "cpu" and not torch.cuda.is_available():
             # "cpu" caching pins memory, which needs an accelerator; "gpu" caching moves to self.device (the CPU).
             cache_images_device = "gpu"
-        cached = super()._load_images(split, cache_images_device)
+        try:
+            cached = super()._load_images(split, cache_images_device)
+        except (OSError, ValueError, SyntaxError):  # nerfstudio's loader does not say which image it could not read
+            from splatseg_ns.core.cache import check_images_readable
+
+            check_images_readable(dataset.image_filenames)  # names every unreadable image, with the fix
+            raise
         if split == "train":
             self._attach_masks(dataset, cameras_before_undistortion, cached)
         return cached

@@ -34,6 +34,7 @@ from splatseg_ns.core.global_candidates import (
     two_level_gfl_loss,
 )
 from splatseg_ns.core.losses import (
+    check_finite_features,
     feature_norm_2d_loss,
     feature_norm_3d_loss,
     knn_indices,
@@ -295,6 +296,13 @@ class SplatsegModel(SplatfactoModel):
                     args=[pipeline.datamanager, last_step],
                 )
             )
+            callbacks.append(
+                TrainingCallback(
+                    [TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
+                    self._refuse_diverged_features,
+                    args=[trainer.config.steps_per_save, last_step],
+                )
+            )
         return callbacks
 
     def gfl_active(self, step: int) -> bool:
@@ -309,9 +317,22 @@ class SplatsegModel(SplatfactoModel):
         ):
             self.refresh_global_candidates(datamanager)
 
+    def _refuse_diverged_features(self, steps_per_save: int, last_step: int, step: int) -> None:
+        """Stop before a checkpoint holds NaN/inf features: nerfstudio keeps only the latest checkpoint, so
+        saving them would delete the last good one. Checked at save steps only (one isfinite pass each)."""
+        if self.in_feature_stage and ((steps_per_save and step % steps_per_save == 0) or step == last_step):
+            for name in ("seg_features", "dino_features"):
+                if name in self.gauss_params:
+                    check_finite_features(
+                        self.gauss_params[name].detach(),
+                        f"Training stopped before saving the checkpoint of step {step} (the last one saved is kept)",
+                        step, param=name,
+                    )
+
     @torch.no_grad()
     def refresh_global_candidates(self, datamanager) -> GlobalCandidates:
         """Render every training view, average features per mask, cluster them (Click-Gaussian Sec. 3.3)."""
+        check_finite_features(self.seg_features.detach(), "Global candidates cannot be built", self.step)
         cameras = datamanager.train_dataset.cameras
 
         def views():

@@ -89,5 +89,6 @@ def check_selection_matches(selection: Selection, fingerprint: str, source: Path
         raise SelectionError(
             f"{source} was made on run {selection.run} ({selection.fingerprint.split(':')[0]} Gaussians), not on "
             f"this run ({fingerprint.split(':')[0]} Gaussians, or the same run after further training). "
-            "Select again on this run with `splatseg select --load-config ...`."
+            f"Use it with the run it was made on (--load-config {selection.run}), or select again on this run "
+            "with `splatseg select --load-config ...`."
         )

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
 
 Level = Literal["coarse", "fine"]
@@ -213,7 +214,12 @@ class TrainedRun:
         raise RunError(f"Unknown level {level!r}: use 'coarse' or 'fine'.")
 
     def gaussian_features(self, level: Level) -> torch.Tensor:
-        return self.level_slice(self.model.seg_features.detach(), level)
+        features = self.model.seg_features.detach()
+        try:
+            check_finite_features(features, str(self.config_path), self.step)
+        except NonFiniteFeaturesError as err:  # a RunError: the command line shows it without a traceback
+            raise RunError(str(err)) from err
+        return self.level_slice(features, level)
 
 
 def _names_image(wanted: Path, path: Path) -> bool:

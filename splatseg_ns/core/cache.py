@@ -20,6 +20,8 @@ between data and manifest) or a damaged data file make it a miss, recomputed by 
 Data is written before its manifest, each through a temporary file in the same folder and
 `os.replace`, so an entry is either complete or absent and an interrupted run resumes where it
 stopped. `dataset.json` catches a cache written for another dataset before it is overwritten.
+An image that cannot be read, or whose mask is missing or bad, is skipped and reported once all
+the others are stored (`InputFilesError`, naming each file and the fix).
 
 Model checkpoints live apart from it, in `weights_dir()` ($SPLATSEG_CACHE or ~/.cache/splatseg).
 Nothing here imports torch or nerfstudio; the extractors come in as callables (`Extractor`).
@@ -45,7 +47,8 @@ MASKS, DINO, CLIP = "masks", "dino", "clip"
 
 
 class CacheError(RuntimeError):
-    """A cache that cannot be used as it is; the message says what happened and what to do."""
+    """A cache, or an input to fill it with, that cannot be used as it is; the message says what
+    happened and what to do."""
 
 
 class CacheMissError(CacheError):
@@ -54,6 +57,22 @@ class CacheMissError(CacheError):
 
 class OtherDatasetError(CacheError):
     """The cache folder holds products of another dataset."""
+
+
+class ImageReadError(CacheError):
+    """An image file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class InputFilesError(CacheError):
+    """Some images (or their masks) could not be processed; `errors` holds one error per file.
+
+    Raised after every other image of the run was processed and stored, so that one bad file
+    costs one rerun of what is missing, not the whole extraction.
+    """
+
+    def __init__(self, message: str, errors: Sequence[Exception]):
+        super().__init__(message)
+        self.errors = list(errors)
 
 
 class WeightsError(RuntimeError):
@@ -175,11 +194,45 @@ def _read_json(path: Path) -> Optional[dict]:
 
 
 def load_image(path: Path) -> np.ndarray:
-    """An image file as RGB uint8 [H, W, 3] (alpha dropped; no EXIF rotation, like nerfstudio)."""
+    """An image file as RGB uint8 [H, W, 3] (alpha dropped; no EXIF rotation, like nerfstudio).
+
+    Raises `ImageReadError` naming the file: PIL's own message for a truncated file does not.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"))
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:  # names the file already, and is not a damaged one
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ImageReadError(
+            f"{path}: cannot read this image ({type(err).__name__}: {err}); the file is corrupt, truncated or not "
+            "an image. Replace it with a good copy (or remove it from the dataset) and run the same command again."
+        ) from err
+
+
+def check_images_readable(image_paths: Iterable[Path]) -> None:
+    """Decode every image; `InputFilesError` listing each one that fails (for a loader whose own
+    error does not say which file was bad)."""
+    errors: List[Exception] = []
+    for path in image_paths:
+        try:
+            load_image(Path(path))
+        except ImageReadError as err:
+            errors.append(err)
+    if errors:
+        raise InputFilesError(_list_errors(f"{_count(errors, 'image')} cannot be read", errors), errors)
+
+
+def _count(items: Sequence[Any], noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
+def _list_errors(heading: str, errors: Sequence[Exception]) -> str:
+    """`heading`, then one line per error (the first ten)."""
+    lines = [str(err) for err in errors[:10]] + ([f"... and {len(errors) - 10} more"] if len(errors) > 10 else [])
+    return heading + ":\n  " + "\n  ".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,8 +506,9 @@ class FeatureCache:
                 raise OtherDatasetError(
                     f"{self.cache_dir} holds a cache written for another dataset ({recorded.get('data_dir')}: "
                     f"{len(old)} images, e.g. {examples}); none of the {len(current)} images of {self.data_dir} is in "
-                    f"it with the same content ({shared} share a name but differ). Point the cache elsewhere "
-                    "(--cache-dir), delete that folder, or pass overwrite to replace it."
+                    f"it with the same content ({shared} share a name but differ); it was left untouched. Point this "
+                    "dataset's cache elsewhere (`splatseg masks --cache-dir DIR`, `ns-train ... "
+                    f"--pipeline.datamanager.cache-dir DIR`), or delete {self.cache_dir} to start it afresh."
                 )
         if recorded is None or recorded.get("images") != current or Path(recorded.get("data_dir", "")) != self.data_dir:
             record = {"format": FORMAT_VERSION, "data_dir": str(self.data_dir), "images": current}
@@ -540,6 +594,9 @@ def extract_all(
         progress: show a tqdm bar with ETA.
         data_dir: the dataset root that image names are relative to; default `cache_dir`'s parent.
         overwrite_other_dataset: reuse a cache folder that holds another dataset's products.
+
+    Raises `InputFilesError` after the loop when some images could not be read or had bad masks
+    (every other image is stored first), `OtherDatasetError` before it starts.
     """
     from tqdm.auto import tqdm
 
@@ -559,25 +616,44 @@ def extract_all(
     summary = ExtractionSummary(images=len(mine))
     names = "+".join(e.product for e in ordered)
     bar = tqdm(mine, desc=f"splatseg {names} [shard {shard[0]}/{shard[1]}]", unit="img", disable=not progress)
+    failed: List[Exception] = []
     for image_path in bar:
-        image = None
-        for extractor in ordered:
-            inputs = cache.input_hashes(extractor, image_path)
-            found = cache.lookup(extractor.product, image_path, extractor.settings, inputs)
-            if found.hit:
-                summary.add(extractor.product, "hit")
-                continue
-            if image is None:
-                image = load_image(image_path)
-            required = {name: cache._load_arrays(name, image_path) for name in extractor.requires}
-            arrays = extractor(image, image_path, **required)
-            cache.write(
-                extractor.product, image_path, arrays, extractor.name, extractor.settings, inputs, image.shape[:2]
-            )
-            summary.add(extractor.product, found.status)
+        try:
+            _extract_image(cache, image_path, ordered, summary)
+        except _bad_input_errors() as err:  # one bad file must not cost the other images' hours of extraction
+            failed.append(err)
         bar.set_postfix({p: summary.computed(p) for p in summary.counts}, refresh=False)
     bar.close()
+    if failed:
+        heading = (f"{_count(failed, 'image')} of {len(mine)} could not be processed (the other entries are stored "
+                   f"in {cache.cache_dir} and are kept; a rerun computes only what is missing)")
+        raise InputFilesError(_list_errors(heading, failed), failed)
     return summary
+
+
+def _extract_image(cache: FeatureCache, image_path: Path, ordered: Sequence[Extractor], summary: ExtractionSummary
+                   ) -> None:
+    """Every product of one image that is not a valid entry yet, in dependency order."""
+    image = None
+    for extractor in ordered:
+        inputs = cache.input_hashes(extractor, image_path)
+        found = cache.lookup(extractor.product, image_path, extractor.settings, inputs)
+        if found.hit:
+            summary.add(extractor.product, "hit")
+            continue
+        if image is None:
+            image = load_image(image_path)
+        required = {name: cache._load_arrays(name, image_path) for name in extractor.requires}
+        arrays = extractor(image, image_path, **required)
+        cache.write(extractor.product, image_path, arrays, extractor.name, extractor.settings, inputs, image.shape[:2])
+        summary.add(extractor.product, found.status)
+
+
+def _bad_input_errors() -> Tuple[type, ...]:
+    """Errors that blame one input file (an unreadable image, a missing or bad mask) and leave the others usable."""
+    from splatseg_ns.core.masks import MaskError
+
+    return ImageReadError, MaskError
 
 
 def _dependency_order(products: Sequence[Extractor]) -> List[Extractor]:
@@ -630,7 +706,12 @@ def folder_extractor(mask_dir: Path) -> Extractor:
         coarse, fine = folder.load(image_path, image.shape[:2])
         return {"coarse": coarse.astype(np.uint16), "fine": fine.astype(np.uint16)}
 
-    return Extractor(MASKS, "folder", {"mask_dir": str(Path(mask_dir).resolve())}, compute, needs_path=True)
+    def check_folder(cache: FeatureCache, images: List[Path]) -> Dict[str, Any]:
+        folder.check()  # an empty folder is one error up front, not one "missing mask" per image
+        return {}
+
+    return Extractor(MASKS, "folder", {"mask_dir": str(Path(mask_dir).resolve())}, compute, prepare=check_folder,
+                     needs_path=True)
 
 
 def dino_extractor(dino_config=None, device: str = "cpu", model=None) -> Extractor:

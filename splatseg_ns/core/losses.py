@@ -10,6 +10,8 @@ Pixels are importance-sampled so that small masks are seen as often as large one
 
 Also the paper's regularisers: 3D and 2D feature norms and spatial smoothness over
 each Gaussian's nearest neighbours (`knn_indices` precomputes them; positions are frozen).
+And `check_finite_features`, the guard against a diverged training that training, selection
+and export share.
 """
 
 from __future__ import annotations
@@ -19,6 +21,39 @@ from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
+
+
+class NonFiniteFeaturesError(ValueError):
+    """Per-Gaussian features with NaN/inf values: the feature training diverged."""
+
+
+_FEATURE_NAMES = {"seg_features": "segmentation features", "dino_features": "DINO features"}
+
+
+@torch.no_grad()
+def check_finite_features(
+    features: torch.Tensor, source: str = "", step: Optional[int] = None, param: str = "seg_features"
+) -> None:
+    """Refuse NaN/inf features, naming how many Gaussians have them and what to do.
+
+    A NaN feature has NaN cosines to everything, so every argmax, cluster and selection built on
+    it is arbitrary, and a checkpoint saved with it overwrites the last good one: failing here
+    beats a silently wrong result. One `isfinite` pass over [N, D] and one host sync.
+    `source` (the run's config.yml, or the training step) starts the message; `param` is the
+    Gaussian parameter the features are (its optimizer's learning rate is the fix).
+    """
+    if bool(torch.isfinite(features).all()):
+        return
+    rows = features.reshape(features.shape[0], -1) if features.ndim > 0 else features.reshape(1, 1)
+    bad = int((~torch.isfinite(rows).all(dim=-1)).sum())
+    when = f" by step {step}" if step is not None else ""
+    flag = f"--optimizers.{param.replace('_', '-')}.optimizer.lr"
+    raise NonFiniteFeaturesError(
+        f"{source + ': ' if source else ''}{bad} of {rows.shape[0]} Gaussians have NaN/inf "
+        f"{_FEATURE_NAMES.get(param, param)} (the feature training diverged{when}). Retrain the features with a "
+        f"lower learning rate ({flag}), or resume from an earlier checkpoint of the run "
+        "(ns-train ... --load-checkpoint FILE)."
+    )
 
 
 def sample_pixels(

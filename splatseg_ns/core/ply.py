@@ -197,7 +197,8 @@ def write_segments_ply(
 def _atomic_write(path: Path, header: bytes, body: np.ndarray) -> None:
     """Write header + body to a temp file beside `path`, then rename it over `path`."""
     if path.is_dir():
-        raise IsADirectoryError(f"Cannot write PLY to {path}: it is a directory.")
+        raise IsADirectoryError(f"Cannot write PLY to {path}: it is a directory. Give a file path, "
+                                f"e.g. {path / 'object.ply'}.")
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -208,8 +209,15 @@ def _atomic_write(path: Path, header: bytes, body: np.ndarray) -> None:
             file.write(memoryview(body).cast("B"))
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"Cannot write PLY to {path}: {err.strerror or err}") from err
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # the folder may not even be listable
+            pass
+        raise OSError(
+            err.errno,
+            f"Cannot write PLY to {path}: {err.strerror or err}. Nothing was written (a file already there is "
+            "unchanged); choose an output path in a folder you can write to, or fix that folder's permissions.",
+        ) from err
 
 
 def _to_numpy(x) -> np.ndarray:

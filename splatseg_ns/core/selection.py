@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from splatseg_ns.core.global_candidates import assign_to_candidates
+from splatseg_ns.core.losses import check_finite_features
 
 Level = Literal["coarse", "fine"]
 COARSE_DIM = 12
@@ -55,7 +56,9 @@ def precompute_assignment(
     similarity [N] float32), computed in chunks by `global_candidates.assign_to_candidates` (the
     GFL targets are the same assignment). With K == 0 every assignment is -1 (selects nothing)
     and every similarity -1. `precompute_click_index` wraps the result for fast clicks.
+    Raises `losses.NonFiniteFeaturesError` on NaN/inf features: their argmax would be arbitrary.
     """
+    check_finite_features(features)
     return assign_to_candidates(features.float(), centers, chunk_size=chunk_size)
 
 
@@ -401,6 +404,7 @@ def segment_everything_by_clustering(
     n = positions.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=positions.device)
+    check_finite_features(features)  # scikit-learn's own error would not say why
     generator = np.random.default_rng(seed)
     sample = np.sort(generator.choice(n, size=min(sample_size, n), replace=False))
     embed = _clustering_embedding(

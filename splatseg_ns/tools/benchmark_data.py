@@ -60,10 +60,12 @@ def object_masks(data_dir: Path, image: Path, source: Source) -> Dict[str, np.nd
 
 
 def deepest_pixel(mask: np.ndarray) -> List[int]:
-    """(x, y) of the pixel farthest from the mask's border: a click that surely lands on the object."""
+    """(x, y) of the pixel farthest from the mask's border and the image's: a click that surely lands on
+    the object (and stays clear of the edge that undistortion crops)."""
     from scipy.ndimage import distance_transform_edt
 
-    y, x = np.unravel_index(np.argmax(distance_transform_edt(mask)), mask.shape)
+    depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(np.argmax(depth), mask.shape)
     return [int(x), int(y)]
 
 
