@@ -283,3 +283,33 @@ def test_candidate_embeddings_average_their_masks_embeddings():
     assert out.shape == (2, 4)
     torch.testing.assert_close(out[0], torch.tensor([1.0, 0, 1, 0]) / 2**0.5)
     torch.testing.assert_close(out[1], e[1])
+
+
+def test_near_copies_of_one_cluster_merge_and_distinct_ones_stay():
+    from splatseg_ns.core.global_candidates import merge_close_clusters
+
+    gen = torch.Generator().manual_seed(3)
+    a, b = F.normalize(torch.randn(2, 8, generator=gen), dim=-1)
+    a2 = F.normalize(a + 0.1 * F.normalize(torch.randn(8, generator=gen), dim=0), dim=0)  # cos(a, a2) > 0.99
+    unit = torch.stack([a, a, b, b, a2, a2])
+    labels = torch.tensor([0, 0, 1, 1, 2, -1])
+    merged = merge_close_clusters(unit, labels, above=0.9)
+    assert merged.tolist() == [0, 0, 1, 1, 0, -1]
+    assert merge_close_clusters(unit, labels, above=0.999).tolist() == labels.tolist()
+
+
+def test_a_single_tight_group_becomes_one_candidate_not_two_or_none():
+    """One object seen in every view: HDBSCAN never keeps a lone cluster whole."""
+    gen = torch.Generator().manual_seed(0)
+    direction = F.normalize(torch.randn(1, 12, generator=gen), dim=-1)
+    points = _groups(direction, 40, 0.05, gen)
+    without, _ = cluster_candidates(points, min_cluster_size=5, epsilon=1e-2)
+    centers, labels = cluster_candidates(points, min_cluster_size=5, epsilon=1e-2, merge_above=0.9)
+    assert without.shape[0] != 1  # HDBSCAN alone: split into copies, or nothing
+    assert centers.shape[0] == 1 and (labels == 0).all() and centers[0] @ direction[0] > 0.99
+    # scattered points still give nothing
+    centers, _ = cluster_candidates(torch.randn(12, 6, generator=gen), min_cluster_size=6, epsilon=1e-3, merge_above=0.9)
+    assert centers.shape[0] == 0
+    # three separated groups stay three
+    directions, points = _three_groups()
+    assert cluster_candidates(points, min_cluster_size=5, epsilon=1e-2, merge_above=0.9)[0].shape[0] == 3

@@ -66,6 +66,11 @@ class GFLConfig:
         weight: Weight of the GFL terms (pull and push alike; paper: 10). Default 10.0.
         max_gaussians: Gaussians sampled per step for the loss (the [N, K] similarity matrix
             of a million-Gaussian scene is large); None uses all. Default 100_000.
+        merge_above: Candidates whose centres have a cosine above this are merged into one, and
+            when HDBSCAN finds no cluster, all masks form one candidate if they agree this well.
+            HDBSCAN never keeps a lone cluster whole, so it splits a scene's single object (or
+            one part seen everywhere) into near-copies, which GFL then pulls towards one copy
+            and pushes from the other. The pull threshold's 0.9 by default; None turns it off.
     """
 
     start_step: int = 2000
@@ -81,6 +86,7 @@ class GFLConfig:
     pull_threshold: float = 0.9
     weight: float = 10.0
     max_gaussians: Optional[int] = 100_000
+    merge_above: Optional[float] = 0.9
 
 
 @dataclass
@@ -211,6 +217,7 @@ def cluster_candidates(
     epsilon: float,
     min_samples: Optional[int] = None,
     allow_single_cluster: bool = False,
+    merge_above: Optional[float] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cluster per-mask mean features into global candidates (Click-Gaussian Sec. 3.3).
 
@@ -218,6 +225,8 @@ def cluster_candidates(
     of cosine (|a - b|^2 = 2 - 2 cos), the similarity every loss uses; the paper's
     cluster_selection_epsilon is applied in that space. Each candidate is the normalised mean
     of its members' unit features.
+    With `merge_above`, clusters whose centres are closer than that cosine are merged, and when
+    HDBSCAN finds none, all masks form one cluster if they all lie that close to their mean.
     Returns (centers [K, D] unit-norm, labels [M] long, -1 = noise), on the input's device.
     K is 0 when there are fewer masks than `min_cluster_size` or HDBSCAN finds only noise.
     """
@@ -235,13 +244,37 @@ def cluster_candidates(
         unit.cpu().double().numpy(), min_cluster_size, float(epsilon), min_samples, allow_single_cluster
     )
     labels = torch.from_numpy(found.astype(np.int64)).to(device).clamp(min=-1)
+    if merge_above is not None:
+        if int(labels.max()) < 0 and (unit @ F.normalize(unit.mean(0), dim=0)).min() > merge_above:
+            labels = torch.zeros_like(labels)  # one tight group: the scene's only object
+        labels = merge_close_clusters(unit, labels, merge_above)
     num_clusters = int(labels.max()) + 1
     if num_clusters <= 0:
         return empty, labels
+    return _cluster_centers(unit, labels, num_clusters).to(mask_features.dtype), labels
+
+
+def _cluster_centers(unit: torch.Tensor, labels: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """The normalised mean of each cluster's unit features."""
     member = labels >= 0
-    sums = torch.zeros(num_clusters, dim, dtype=unit.dtype, device=device)
+    sums = torch.zeros(num_clusters, unit.shape[1], dtype=unit.dtype, device=unit.device)
     sums.index_add_(0, labels[member], unit[member])
-    return F.normalize(sums, dim=-1).to(mask_features.dtype), labels
+    return F.normalize(sums, dim=-1)
+
+
+def merge_close_clusters(unit: torch.Tensor, labels: torch.Tensor, above: float) -> torch.Tensor:
+    """Relabel so that clusters whose centres have a cosine above `above` (directly or through a chain
+    of such pairs) become one; labels stay 0..K'-1, noise stays -1."""
+    num_clusters = int(labels.max()) + 1
+    if num_clusters < 2:
+        return labels
+    from scipy.sparse.csgraph import connected_components
+
+    centers = _cluster_centers(unit, labels, num_clusters)
+    close = ((centers @ centers.T) > above).cpu().numpy()
+    _, group = connected_components(close, directed=False)
+    group = torch.from_numpy(group).to(labels.device)  # numbered by each group's lowest cluster: already compact
+    return torch.where(labels >= 0, group[labels.clamp(min=0)], labels)
 
 
 def _empty_level(dim: int) -> Dict[str, List[torch.Tensor]]:
@@ -289,7 +322,8 @@ def build_global_candidates(
         features, views_of, ids_of, areas_of = (
             torch.cat(store[key]) for key in ("features", "views", "ids", "areas")
         )
-        centers, labels = cluster_candidates(features, min_size, epsilons[level], config.min_samples)
+        centers, labels = cluster_candidates(features, min_size, epsilons[level], config.min_samples,
+                                             merge_above=config.merge_above)
         levels[level] = LevelCandidates(centers, features, labels, views_of, ids_of, areas_of)
     return GlobalCandidates(levels["coarse"], levels["fine"], coarse_dim, num_views)
 
