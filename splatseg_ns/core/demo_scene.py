@@ -51,7 +51,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -373,7 +373,7 @@ def _solid_bounds(s: Convex) -> Tuple[np.ndarray, np.ndarray]:
         hi = np.minimum(hi, c + r)
     if s.cylinders:
         # cylinder(): one infinite cylinder capped by one slab along its axis.
-        (c, a, r), (sa, slo, shi) = s.cylinders[0], s.slabs[0]
+        (c, a, r), (_, slo, shi) = s.cylinders[0], s.slabs[0]
         p0 = c + (slo - c @ a) * a
         p1 = c + (shi - c @ a) * a
         ext = r * np.sqrt(np.clip(1.0 - a * a, 0.0, 1.0))
@@ -695,7 +695,6 @@ def write_demo_scene(output_dir: Path, num_views: int = 40, resolution: int = 96
     for obj in scene.objects:
         parts_json = []
         obj_lo, obj_hi = np.full(3, np.inf), np.full(3, -np.inf)
-        obj_sum, obj_n = np.zeros(3), 0
         for part in obj.parts:
             lo, hi = scene._part_bounds(part)
             c, n_in = _grid_centroid(part.value, lo, hi, step)

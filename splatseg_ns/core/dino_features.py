@@ -78,7 +78,6 @@ def load_dino(config: DinoConfig, device: Union[str, "torch.device"] = "cpu", pr
     downloaded when absent. Raises `WeightsError` with the file, folder and flag to use.
     """
     import timm
-    import torch
 
     try:
         model = timm.create_model(config.model_name, pretrained=False, num_classes=0)
