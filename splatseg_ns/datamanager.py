@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Type
 
+import numpy as np
 import torch
 from rich.progress import track
 
@@ -131,8 +132,10 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             image_hw = tuple(cached[idx]["image"].shape[:2])
             if coarse.shape != image_hw:
                 raise MaskError(f"Masks of {dataset.image_filenames[idx]} undistorted to {coarse.shape}, image to {image_hw}.")
-            cached[idx]["coarse_mask"] = torch.from_numpy(coarse).to(device)
-            cached[idx]["fine_mask"] = torch.from_numpy(fine).to(device)
+            # int16 where the ids allow: masks are most of the cached batch's memory (int32: 8 bytes a pixel)
+            dtype = np.int16 if max(int(coarse.max(initial=0)), int(fine.max(initial=0))) <= np.iinfo(np.int16).max else np.int32
+            cached[idx]["coarse_mask"] = torch.from_numpy(coarse.astype(dtype)).to(device)
+            cached[idx]["fine_mask"] = torch.from_numpy(fine.astype(dtype)).to(device)
             image_path = Path(dataset.image_filenames[idx])
             if self.config.text_queries:
                 for level, (ids, emb) in self.feature_cache.load_clip(image_path).items():
