@@ -7,8 +7,9 @@ once per storage), on whatever device this runs on (a CPU is enough):
    degree 3, 24 segmentation channels, a `--dino-dim` DINO feature) with nerfstudio's `Optimizers`
    from `method_config`'s optimizer configs, runs one real colour step (the model's rasteriser,
    gsplat's `DefaultStrategy` updating its running state) and one real feature step (contrastive,
-   norm, spatial smoothness and DINO losses) at a small resolution, and then sums parameters,
-   gradients, Adam state (exp_avg, exp_avg_sq), the strategy's state (grad2d, count, radii), what
+   norm, spatial smoothness, GFL against synthetic candidates and DINO losses) at a small
+   resolution, and then sums parameters, gradients, Adam state (exp_avg, exp_avg_sq), the
+   strategy's state (grad2d, count, radii), what
    the model keeps between steps (`model.info`, the kNN table of the smoothness term) and the
    selection tools' `ClickIndex` per level. Two sizes, to check that bytes grow linearly with N.
 2. Peak memory of one training step above the persistent state, at the full image size
@@ -31,8 +32,11 @@ once per storage), on whatever device this runs on (a CPU is enough):
    with the demo scene.
 4. The plan: 3M Gaussians at 1080p against a 24 GB GPU, a 1,000-image cache on disk and in RAM.
 
+Run it single-threaded beside other work: TORCHDYNAMO_DISABLE=1 OMP_NUM_THREADS=1 (about 2 minutes, 4.2 GB
+of RAM on a CPU; the sizes must stay above the 100k Gaussians the spatial and GFL terms sample per step).
+
     python benchmarks/bench_scale.py                               # 120k and 360k Gaussians, 3 image sizes
-    python benchmarks/bench_scale.py --quick                       # 30k and 90k Gaussians, 2 image sizes
+    python benchmarks/bench_scale.py --quick                       # 110k and 220k Gaussians, 2 image sizes
     python benchmarks/bench_scale.py --sizes 120000 360000 --cache-images 2 --tiles-per-gaussian 10
 """
 
@@ -47,7 +51,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -153,7 +157,8 @@ def blobby_two_level(
     """(coarse, fine) int32 [h, w] id maps like SAM's two levels: wavy, blob-shaped segments.
 
     Coarse: a Voronoi tessellation of `num_coarse` seeds over domain-warped coordinates (smooth
-    noise at three scales, the finest roughening edges by a few pixels), a fraction `unmasked` of its cells set to 0 (no mask). Fine: `num_fine`
+    noise at three scales, the finest roughening edges by a few pixels), a fraction `unmasked` of
+    its cells set to 0 (no mask). Fine: `num_fine`
     seeds (at least one per coarse segment) each claim the nearest pixels of their own coarse
     segment, so fine segments nest in coarse ones.
     """
@@ -267,6 +272,19 @@ def dino_grid(width: int, height: int) -> Tuple[int, int]:
     return h // patch, w // patch
 
 
+def synthetic_candidates(coarse_dim: int, dim: int, num_coarse: int = 100, num_fine: int = 300):
+    """GlobalCandidates with random unit centres (no masks behind them), so that GFL runs in the feature step."""
+    from splatseg_ns.core.global_candidates import GlobalCandidates, LevelCandidates
+
+    def level(k: int, d: int) -> LevelCandidates:
+        empty = torch.zeros(0, dtype=torch.long)
+        return LevelCandidates(centers=torch.nn.functional.normalize(torch.randn(k, d), dim=-1),
+                               mask_features=torch.zeros(0, d), mask_labels=empty, mask_views=empty,
+                               mask_ids=empty, mask_areas=empty)
+
+    return GlobalCandidates(level(num_coarse, coarse_dim), level(num_fine, dim), coarse_dim, num_views=1)
+
+
 def fake_rasterizer(info_means2d: torch.Tensor, info_radii: torch.Tensor):
     """A stand-in for gsplat's `rasterization`: renders of the right shape that depend on every input.
 
@@ -322,6 +340,9 @@ def gaussian_memory(num_points: int, dino_dim: int, small: Tuple[int, int], full
     model, optimizers = build_model(num_points, dino_dim)
     n = model.num_points
     out: Dict = {"n": n, "build_s": time.perf_counter() - t0, "groups": {}}
+    # losses that sample a fixed number of Gaussians take all of them below that number: there the
+    # projection would scale a fixed cost with N
+    out["sample_cap"] = max(model.config.spatial_samples, model.config.gfl.max_gaussians or 0)
     groups = {name: [p] for name, p in model.gauss_params.items()}
 
     # -- a real colour step: grads of geometry and colour, the densification state, model.info
@@ -346,9 +367,12 @@ def gaussian_memory(num_points: int, dino_dim: int, small: Tuple[int, int], full
     del outputs, loss
     out["colour_step_s"] = time.perf_counter() - t0
 
-    # -- a real feature step: grads of the features, the kNN table of the smoothness term
+    # -- a real feature step: grads of the features, the kNN table of the smoothness term; with
+    # candidates (100 coarse, 300 fine) and past GFL's start, so GFL runs as in the last 1000 steps
     t0 = time.perf_counter()
-    model.step = model.config.feature_stage_start
+    model.set_candidates(synthetic_candidates(model.config.coarse_feature_dim, model.config.seg_feature_dim))
+    feature_step = model.config.feature_stage_start + model.config.gfl.start_step
+    model.step = feature_step
     outputs = model.get_outputs(camera)
     batch = feature_batch(*small, (*dino_grid(*small), dino_dim) if dino_dim else None, seed=1)
     loss = sum(model.get_loss_dict(outputs, batch).values())
@@ -405,9 +429,9 @@ def gaussian_memory(num_points: int, dino_dim: int, small: Tuple[int, int], full
         out["colour_peak"] = measured_step(model, big, {"image": image}, colour_step, project_to)
         fbatch = feature_batch(*full, (*dino_grid(*full), dino_dim) if dino_dim else None, seed=2)
         if dino_dim:
-            out["feature_dino_peak"] = measured_step(model, big, fbatch, model.config.feature_stage_start, project_to)
+            out["feature_dino_peak"] = measured_step(model, big, fbatch, feature_step, project_to)
             dino_param = model.gauss_params.pop("dino_features")  # the same model without the DINO feature
-        out["feature_peak"] = measured_step(model, big, fbatch, model.config.feature_stage_start, project_to)
+        out["feature_peak"] = measured_step(model, big, fbatch, feature_step, project_to)
         if dino_dim:
             model.gauss_params["dino_features"] = dino_param
     finally:
@@ -519,7 +543,8 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
         products = [e.product for e in extractors]
         for path in paths:
             w, h = (int(v) for v in path.name.split("_")[0].split("x"))
-            row = {"size": (w, h), "image": path.name, "segments": (int(maps[path.name][0].max()), int(maps[path.name][1].max()))}
+            coarse, fine = maps[path.name]
+            row = {"size": (w, h), "image": path.name, "segments": (int(coarse.max()), int(fine.max()))}
             for product in products:
                 arrays = cache._load_arrays(product, path)
                 t0 = time.perf_counter()
@@ -540,10 +565,13 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
 
 def datamanager_ram(cache, path: Path, image_hw: Tuple[int, int], products: Sequence[str]) -> Dict[str, int]:
     """Bytes `SplatsegDataManager._attach_masks` keeps per image, through the loaders and conversions it uses."""
-    h, w = image_hw
-    ram = {"image uint8": h * w * 3}  # method_config: cache_images_type="uint8", [H, W, 3]
-    coarse, fine = cache.load_masks(path, image_hw)  # CachedMasks.load -> int32
-    ram["coarse_mask+fine_mask"] = tensor_bytes([torch.from_numpy(coarse), torch.from_numpy(fine)])
+    from splatseg_ns.core.cache import load_image
+
+    ram = {"image uint8": tensor_bytes([torch.from_numpy(load_image(path))])}  # cache_images_type="uint8"
+    coarse, fine = cache.load_masks(path, image_hw)  # CachedMasks.load -> int32; the datamanager keeps int16 if it can
+    kept = np.int16 if max(coarse.max(), fine.max()) <= np.iinfo(np.int16).max else np.int32
+    ram["coarse_mask+fine_mask"] = tensor_bytes([torch.from_numpy(m.astype(kept)) for m in (coarse, fine)])
+    ram["_masks as int32"] = tensor_bytes([torch.from_numpy(coarse), torch.from_numpy(fine)])
     ram["_masks as int16"] = tensor_bytes([torch.from_numpy(m.astype(np.int16)) for m in (coarse, fine)])
     if "clip" in products:
         clip = cache.load_clip(path)
@@ -650,6 +678,10 @@ def print_step_tables(results: List[Dict], full: Tuple[int, int], dino_dim: int,
           " | ".join(f"projected to {plan_n / 1e6:g}M from {r['n'] // 1000}k (GB)" for r in results) +
           " | end (B / Gaussian) | s/step (CPU) |")
     print("|---|" + "---:|" * (2 * len(results) + 2))
+    for r in results:
+        if r["n"] <= r["sample_cap"]:
+            print(f"Note: {r['n']:,} Gaussians <= {r['sample_cap']:,} sampled per step by the spatial/GFL terms; "
+                  "its projection scales those samples with N and overestimates.\n")
     projected = {}
     for key, label in keys:
         projected[key] = results[-1][key]["projected"][plan_n]
@@ -686,7 +718,8 @@ def print_cache_tables(rows: List[Dict], plan_images: int) -> Dict:
     shapes = rows[-1]
     print("\nArrays of the largest entry: " + "; ".join(
         f"{p}: " + ", ".join(f"{k} {d} {s}" for k, (d, s) in shapes[f"{p}_shapes"].items()) for p in products) +
-        (f"; plus dino/_pca.npz once per scene ({rows[0]['pca_bytes'] / 1e3:.0f} kB)" if rows[0].get("pca_bytes") else "") + ".")
+        (f"; plus dino/_pca.npz once per scene ({rows[0]['pca_bytes'] / 1e3:.0f} kB)" if rows[0].get("pca_bytes")
+         else "") + ".")
     print(f"Extraction of all {len(rows)} entries (synthetic masks, random-weight DINO/CLIP on CPU): "
           f"{rows[0]['extract_s_all']:.0f} s.\n")
 
@@ -724,7 +757,9 @@ def print_plan(args, per_gaussian: Dict[str, float], fits: Dict, summary: Dict, 
         print(f"| {label} | {e['renders']} | {e['per_gaussian']} | {e['per_isect']} | {e['per_pixel']} | {size / GB:.2f} |")
     print(f"\nAssumptions: every Gaussian in the frustum (unpacked buffers are [C, N] regardless), {t:g} 16x16 tiles "
           "per Gaussian on average, sort buffers doubled, CUDA context and allocator slack not included "
-          f"(budgeted below as {args.reserve_gb:g} GB).\n")
+          f"(budgeted below as {args.reserve_gb:g} GB). Sensitivity: each further 10 tiles per Gaussian adds " +
+          ", ".join(f"{n * 10 * gsplat_estimate('colour' if k == 'colour' else 'feature', 24, d)['per_isect'] / GB:.2f} GB "
+                    f"({label})" for k, label, d in stages) + ".\n")
 
     print(f"### Plan: {n / 1e6:g}M Gaussians at {full[0]}x{full[1]} on a {args.gpu_gb:g} GB GPU\n")
     persistent_nodino = sum(per_gaussian[k] for k in ("parameters (no DINO)", "Adam state (no DINO)",
@@ -740,7 +775,7 @@ def print_plan(args, per_gaussian: Dict[str, float], fits: Dict, summary: Dict, 
                      "colour_peak", "colour", 0.0))
         rows.append((f"feature stage + DINO {args.dino_dim} ch", rows[1][1] + dino_pg, "feature_dino_peak",
                      "feature_dino", 0.0))
-    print("| stage | persistent: params + Adam + state (GB) | step peak, measured fit (GB) | "
+    print("| stage | persistent: params + Adam + state (GB) | step peak, measured, projected (GB) | "
           "gsplat buffers, estimate (GB) | reserve (GB) | total (GB) | fits? | headroom (GB) |")
     print("|---|---:|---:|---:|---:|---:|---|---:|")
     totals = {}
@@ -769,12 +804,12 @@ def print_plan(args, per_gaussian: Dict[str, float], fits: Dict, summary: Dict, 
         slim += ram["_dino as float16"] - ram["dino (float32)"]
     if "_clip as int32 + float16" in ram:
         slim += ram["_clip as int32 + float16"] - ram["clip ids (long) + emb (float32)"]
-    print(f"| RAM with masks int16 (and DINO/CLIP kept float16) | {slim / MB:.2f} | {slim * images / GB:.1f} | "
+    print(f"| RAM with DINO/CLIP also kept float16 | {slim / MB:.2f} | {slim * images / GB:.1f} | "
           "same ids (< 32768 per image), cast per step |")
     gpu500 = (ram["image uint8"] + ram["coarse_mask+fine_mask"]) * 500
     print(f"| GPU at 500 images (cache_images='gpu', the default up to 500) | "
           f"{(ram['image uint8'] + ram['coarse_mask+fine_mask']) / MB:.2f} | {gpu500 / GB:.1f} | "
-          "images + int32 masks follow the image to the GPU |")
+          "images + masks follow the image to the GPU |")
     print(f"\n### Plan: training images cached on the GPU ({largest[0]}x{largest[1]})\n")
     print("nerfstudio caches the training images on the GPU (`cache_images='gpu'`, its default) up to 500 images "
           "and on the CPU above; splatseg's masks follow the image's device. Against the stages above:\n")
@@ -783,7 +818,7 @@ def print_plan(args, per_gaussian: Dict[str, float], fits: Dict, summary: Dict, 
     for label, total in totals.items():
         if label.startswith("colour"):
             continue
-        for dtype, masks in (("int32 (now)", ram["coarse_mask+fine_mask"]), ("int16", ram["_masks as int16"])):
+        for dtype, masks in (("int32 (before)", ram["_masks as int32"]), ("int16 (now)", ram["_masks as int16"])):
             per_image = ram["image uint8"] + masks
             fit = int(max(0.0, budget - total) // per_image)
             print(f"| {label} | {dtype} | {per_image / MB:.2f} | {500 * per_image / GB:.1f} | "
@@ -795,7 +830,8 @@ def print_plan(args, per_gaussian: Dict[str, float], fits: Dict, summary: Dict, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[120_000, 360_000],
-                        help="Gaussians measured (not spatial_samples=100k: a sample the size of N would count as per-Gaussian)")
+                        help="Gaussians measured; above spatial_samples/GFL's max_gaussians (100k), or the "
+                        "projection counts their samples as per-Gaussian")
     parser.add_argument("--dino-dim", type=int, default=64, help="DINO channels per Gaussian (0: none)")
     parser.add_argument("--small-resolution", type=int, nargs=2, default=[160, 90], metavar=("W", "H"),
                         help="the real steps' render size (the CPU rasteriser)")
@@ -812,10 +848,10 @@ def main() -> None:
     parser.add_argument("--reserve-gb", type=float, default=1.5, help="CUDA context + allocator slack (assumed)")
     parser.add_argument("--tiles-per-gaussian", type=float, default=10.0, help="gsplat estimate's assumption")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="30k/90k Gaussians, 2 cache sizes, 1 image each")
+    parser.add_argument("--quick", action="store_true", help="110k/220k Gaussians, 2 cache sizes, 1 image each")
     args = parser.parse_args()
     if args.quick:
-        args.sizes, args.cache_sizes, args.cache_images = [30_000, 90_000], ["480x270", "1920x1080"], 1
+        args.sizes, args.cache_sizes, args.cache_images = [110_000, 220_000], ["480x270", "1920x1080"], 1
     torch.set_num_threads(args.threads)
     full = tuple(args.step_resolution)
     small = tuple(args.small_resolution)
