@@ -111,7 +111,7 @@ def contrastive_level_loss(
     if num_negative > 0:
         cos = g @ g.T
         active = (cos > margin) & (ids[:, None] != ids[None, :])
-        push = negative_weight * torch.where(active, cos, torch.zeros_like(cos)).sum() / num_negative
+        push = negative_weight * cos.masked_fill(~active, 0.0).sum() / num_negative  # no P x P zeros tensor
     else:
         push = zero
     return {"pull": pull, "push": push}
