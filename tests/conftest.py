@@ -35,3 +35,19 @@ def trained_demo_run(demo_scene, tmp_path_factory) -> Path:
     config = output_dir / "demo" / "splatseg" / "test" / "config.yml"
     assert config.exists(), f"no config at {config}; ns-train said: {result.stdout[-2000:]}"
     return config
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> Path:
+    """No network: every checkpoint download fails as it would offline; weights go to a fresh folder."""
+    import urllib.error
+
+    from splatseg_ns.core import cache as cache_mod
+
+    monkeypatch.setenv("SPLATSEG_CACHE", str(tmp_path / "weights"))
+
+    def fail(url, destination):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(cache_mod, "_download", fail)
+    return tmp_path / "weights"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import re
-import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -361,17 +360,6 @@ def test_interrupted_write_is_detected_redone_and_finished_entries_kept(dataset,
 # ----------------------------------------------------------------------------------------------
 # 8. A missing or wrong checkpoint while offline
 # ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPLATSEG_CACHE", str(tmp_path / "weights"))
-
-    def fail(url, destination):
-        raise urllib.error.URLError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(cache_mod, "_download", fail)
-    return tmp_path / "weights"
 
 
 def test_offline_checkpoint_error_keeps_the_entries_already_computed(tmp_path, offline):

@@ -1,13 +1,11 @@
 """DINO patch features with a scene-wide PCA, and CLIP embeddings of masked crops (random weights)."""
 
 import json
-import urllib.error
 
 import numpy as np
 import pytest
 import torch
 
-from splatseg_ns.core import cache as cache_mod
 from splatseg_ns.core.cache import WeightsError
 from splatseg_ns.core.clip_embeddings import (
     TINY_CLIP_CONFIG,
@@ -28,17 +26,6 @@ from splatseg_ns.core.dino_features import (
     input_size,
     load_dino,
 )
-
-
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPLATSEG_CACHE", str(tmp_path / "weights"))
-
-    def fail(url, destination):
-        raise urllib.error.URLError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(cache_mod, "_download", fail)
-    return tmp_path / "weights"
 
 
 def scene_image(seed, h=40, w=56):
