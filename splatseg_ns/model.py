@@ -118,6 +118,12 @@ def finish_at_max_iterations(trainer) -> None:
     trainer.config.max_num_iterations = total - start
 
 
+def _progress_counts_to(total: int, step: int) -> None:
+    from nerfstudio.utils import writer
+
+    writer.GLOBAL_BUFFER["max_iter"] = total
+
+
 def rebind_optimizers(optimizers: Dict[str, torch.optim.Optimizer], groups: Dict[str, List[Parameter]]) -> None:
     """Point each optimizer at the model's current Parameter, carrying its loaded state along.
 
@@ -283,8 +289,13 @@ class SplatsegModel(SplatfactoModel):
             )
         callbacks = super().get_training_callbacks(training_callback_attributes)
         pipeline = training_callback_attributes.pipeline
-        if trainer is not None:
+        if trainer is not None and trainer._start_step > 0:
+            total = trainer.config.max_num_iterations
             finish_at_max_iterations(trainer)
+            callbacks.append(  # the progress line counts to the run's end, not to the number of steps left
+                TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], _progress_counts_to,
+                                 iters=(trainer._start_step,), args=[total])
+            )
         if training_callback_attributes.optimizers is not None:
             rebind_optimizers(training_callback_attributes.optimizers.optimizers, self.get_gaussian_param_groups())
         if pipeline is not None and trainer is not None:
