@@ -107,7 +107,6 @@ def object_in_front_of_the_wall(run, view_names: Sequence[str], margin: float = 
     from scipy.ndimage import binary_opening, label
 
     from splatseg_ns.core.masks import undistort_pixels
-    from splatseg_ns.trained_run import _distortion
 
     rendered = {}
     for name in view_names:
@@ -143,9 +142,8 @@ def object_in_front_of_the_wall(run, view_names: Sequence[str], margin: float = 
         sw, sh = int(source.width.item()), int(source.height.item())
         ys, xs = np.mgrid[0:sh, 0:sw]
         grid = np.stack([xs.reshape(-1), ys.reshape(-1)], -1).astype(np.float64)
-        lens = _distortion(source)
-        if lens is not None:
-            grid = undistort_pixels(grid, *lens[:2], (sw, sh), fisheye=lens[2])
+        if view.lens is not None:
+            grid = undistort_pixels(grid, *view.lens[:2], (sw, sh), fisheye=view.lens[2])
         col, row = np.round(grid[:, 0]).astype(int), np.round(grid[:, 1]).astype(int)
         inside = (col >= 0) & (col < near.shape[1]) & (row >= 0) & (row < near.shape[0])
         on_file = np.zeros(sh * sw, bool)

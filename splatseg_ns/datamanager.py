@@ -13,7 +13,7 @@ from __future__ import annotations
 from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Type
+from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -51,6 +51,19 @@ class SplatsegDataManagerConfig(FullImageDatamanagerConfig):
     """Extract DINO feature maps to distil into the Gaussians (segment-everything by DINO + position)."""
     dino_config: DinoConfig = field(default_factory=DinoConfig)
     """DINO model, resolution and PCA size (with --pipeline.datamanager.dino)."""
+
+
+def lens_distortion(camera: Cameras) -> Optional[Tuple[np.ndarray, np.ndarray, bool]]:
+    """(K, distortion, fisheye) of a camera [1] with lens distortion, as the mask/pixel undistortion in
+    `core.masks` takes them; None for a pinhole camera."""
+    params = camera.distortion_params
+    if params is None or not torch.any(params != 0):
+        return None
+    camera_type = CameraType(int(camera.camera_type.reshape(-1)[0].item()))
+    if camera_type not in (CameraType.PERSPECTIVE, CameraType.FISHEYE):
+        raise MaskError(f"Undistorting masks or pixels of {camera_type.name} cameras is not supported.")
+    K = camera.get_intrinsics_matrices().reshape(3, 3).cpu().numpy()
+    return K, params.reshape(-1).cpu().numpy(), camera_type == CameraType.FISHEYE
 
 
 class SplatsegDataManager(FullImageDatamanager[InputDataset]):
@@ -121,14 +134,9 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             camera = cameras[idx]
             height, width = int(camera.height.item()), int(camera.width.item())
             coarse, fine = source.load(dataset.image_filenames[idx], (height, width))
-            distortion = camera.distortion_params
-            if distortion is not None and torch.any(distortion != 0):
-                camera_type = CameraType(int(camera.camera_type.item()))
-                if camera_type not in (CameraType.PERSPECTIVE, CameraType.FISHEYE):
-                    raise MaskError(f"Undistorting masks for {camera_type.name} cameras is not supported.")
-                K = camera.get_intrinsics_matrices().numpy()
-                fisheye = camera_type == CameraType.FISHEYE
-                coarse, fine = (undistort_instance_map(m, K, distortion.numpy(), fisheye) for m in (coarse, fine))
+            lens = lens_distortion(camera)
+            if lens is not None:
+                coarse, fine = (undistort_instance_map(m, *lens) for m in (coarse, fine))
             image_hw = tuple(cached[idx]["image"].shape[:2])
             if coarse.shape != image_hw:
                 raise MaskError(f"Masks of {dataset.image_filenames[idx]} undistorted to {coarse.shape}, image to {image_hw}.")

@@ -45,6 +45,8 @@ class View:
     camera: "object"  # nerfstudio Cameras of shape [1], as rendered
     file_size: Tuple[int, int]
     source_camera: "object"  # Cameras [1] before undistortion
+    lens: Optional[Tuple[np.ndarray, np.ndarray, bool]] = None
+    """(K, distortion, fisheye) of the source camera when it has lens distortion."""
 
     @property
     def size(self) -> Tuple[int, int]:
@@ -63,9 +65,8 @@ class View:
         source = self.source_camera
         sw, sh = int(source.width.item()), int(source.height.item())
         point = np.array([[(x + 0.5) * sw / self.file_size[0] - 0.5, (y + 0.5) * sh / self.file_size[1] - 0.5]])
-        distortion = _distortion(source)
-        if distortion is not None:
-            point = undistort_pixels(point, *distortion[:2], (sw, sh), fisheye=distortion[2])
+        if self.lens is not None:
+            point = undistort_pixels(point, self.lens[0], self.lens[1], (sw, sh), fisheye=self.lens[2])
         column, row = (int(round(float(v))) for v in point[0])
         width, height = self.size
         if not (0 <= column < width and 0 <= row < height):
@@ -81,26 +82,11 @@ class View:
         sw, sh = int(source.width.item()), int(source.height.item())
         if mask.shape != (sh, sw):
             mask = np.array(Image.fromarray(mask).resize((sw, sh), Image.NEAREST))
-        distortion = _distortion(source)
-        if distortion is not None:
-            mask = undistort_instance_map(mask.astype(np.int32), *distortion[:2], fisheye=distortion[2]) > 0
+        if self.lens is not None:
+            mask = undistort_instance_map(mask.astype(np.int32), *self.lens) > 0
         if mask.shape != self.size[::-1]:
             raise RunError(f"{self.name}: a mask carried into the view is {mask.shape}, the view {self.size[::-1]}.")
         return mask
-
-
-def _distortion(camera) -> Optional[Tuple[np.ndarray, np.ndarray, bool]]:
-    """(K, distortion, fisheye) of a camera with lens distortion, None for a pinhole one."""
-    params = camera.distortion_params
-    if params is None or not torch.any(params != 0):
-        return None
-    from nerfstudio.cameras.cameras import CameraType
-
-    camera_type = CameraType(int(camera.camera_type.reshape(-1)[0].item()))
-    if camera_type not in (CameraType.PERSPECTIVE, CameraType.FISHEYE):
-        raise RunError(f"Pixels of {camera_type.name} cameras cannot be mapped into the undistorted view.")
-    K = camera.get_intrinsics_matrices().reshape(3, 3).cpu().numpy()
-    return K, params.reshape(-1).cpu().numpy(), camera_type == CameraType.FISHEYE
 
 
 class TrainedRun:
@@ -175,8 +161,10 @@ class TrainedRun:
         raise RunError(f"No view named {name!r} in this run's dataset; views are named by image file, e.g. {examples}.")
 
     def _make_view(self, split: str, dataset, index: int, path: Path) -> View:
+        from splatseg_ns.datamanager import lens_distortion
+
         dm = self.pipeline.datamanager
-        if _distortion(dataset.cameras[index]) is not None:
+        if lens_distortion(dataset.cameras[index]) is not None:
             getattr(dm, "cached_train" if split == "train" else "cached_eval")  # nerfstudio undistorts on loading
         source = getattr(dm, "cameras_before_undistortion", {}).get(split, dataset.cameras)[index : index + 1]
         try:
@@ -186,7 +174,7 @@ class TrainedRun:
             raise RunError(f"{path}: cannot read the image of view {path.name} ({err}).") from err
         camera = dataset.cameras[index : index + 1].to(self.device)
         return View(name=path.name, split=split, index=index, image_path=path, camera=camera,
-                    file_size=file_size, source_camera=source)
+                    file_size=file_size, source_camera=source, lens=lens_distortion(source))
 
     @torch.no_grad()
     def render(self, view: View) -> Dict[str, torch.Tensor]:
