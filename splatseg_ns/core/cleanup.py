@@ -30,7 +30,7 @@ def clean_selection(
     similarity_threshold: Optional[float] = 0.5,
     num_neighbours: int = 16,
     std_ratio: Optional[float] = 3.0,
-    radius_factor: Optional[float] = 4.0,
+    radius_factor: Optional[float] = 8.0,
     min_component_fraction: float = 0.1,
 ) -> np.ndarray:
     """bool [N]: `selected` minus the weakly belonging Gaussians (see the module docstring).
@@ -43,7 +43,8 @@ def clean_selection(
         num_neighbours: k of the kNN used by both geometric filters (default 16).
         std_ratio: outlier cut, in standard deviations of the mean kNN distance (default 3.0).
         radius_factor: kNN edges longer than this x the median nearest-neighbour distance are
-            cut before taking components (default 4.0).
+            cut before taking components (default 8.0; 4.0 cut real objects of uneven density
+            into pieces: 0.09 less rendered IoU on the demo, 0.08 on the fox).
         min_component_fraction: keep components of at least this fraction of the largest.
     Accepts numpy arrays or torch tensors; returns a numpy bool array.
     """
