@@ -371,6 +371,11 @@ class SplatsegModel(SplatfactoModel):
     def step_post_backward(self, step):
         if not self.in_feature_stage:  # no densification while features train
             super().step_post_backward(step)
+        elif getattr(self, "info", None) or self.strategy_state.get("grad2d") is not None:
+            # Densification is over: its statistics and the last colour render's buffers only hold memory
+            # (~0.56 GB at 3M Gaussians, benchmarks/RESULTS.md "Scale plan").
+            self.info = {}
+            self.strategy_state = self.strategy.initialize_state(scene_scale=1.0)
 
     def get_outputs(self, camera: Cameras) -> Dict[str, Union[torch.Tensor, List]]:
         if not isinstance(camera, Cameras):

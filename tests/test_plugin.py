@@ -217,6 +217,11 @@ def test_feature_stage_renders_only_features_with_frozen_geometry():
     sum(losses.values()).backward()
     assert model.seg_features.grad is not None and model.seg_features.grad.abs().sum() > 0
     assert model.means.grad is None and model.features_dc.grad is None
+    model.step_post_backward(model.step)  # a features-only run never rendered colour: nothing to release
+    model.info = {"means2d": torch.zeros(1, 50, 2)}  # as the last colour step leaves them
+    model.strategy_state["grad2d"] = torch.zeros(50)
+    model.step_post_backward(model.step)
+    assert not model.info and model.strategy_state["grad2d"] is None  # densification's memory is released
 
 
 def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
