@@ -202,12 +202,16 @@ class TrainedRun:
         raise RunError(f"Unknown level {level!r}: use 'coarse' or 'fine'.")
 
     def gaussian_features(self, level: Level) -> torch.Tensor:
-        features = self.model.seg_features.detach()
+        self.check_features_finite()
+        return self.level_slice(self.model.seg_features.detach(), level)
+
+    def check_features_finite(self, name: str = "seg_features") -> None:
+        """A run whose features diverged (NaN/inf) would select or export arbitrary segments: refuse, naming
+        the run, as a RunError (the command line shows it without a traceback)."""
         try:
-            check_finite_features(features, str(self.config_path), self.step)
-        except NonFiniteFeaturesError as err:  # a RunError: the command line shows it without a traceback
+            check_finite_features(self.model.gauss_params[name].detach(), str(self.config_path), self.step, param=name)
+        except NonFiniteFeaturesError as err:
             raise RunError(str(err)) from err
-        return self.level_slice(features, level)
 
 
 def _names_image(wanted: Path, path: Path) -> bool:

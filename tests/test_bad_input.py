@@ -528,11 +528,15 @@ def test_select_tool_refuses_nan_features():
         level_index(run, "coarse")
 
 
-def nan_run(tmp_path: Path) -> SimpleNamespace:
-    """Just what export reads before the features: a diverged run's fingerprint, config and features."""
-    model = SimpleNamespace(gauss_params={"seg_features": features_with_nan()})
-    return SimpleNamespace(fingerprint="100:aaaaaaaaaaaaaaaa", config_path=tmp_path / "config.yml", step=3999,
-                           model=model)
+def nan_run(tmp_path: Path):
+    """A TrainedRun, not loaded, with just what export reads before the features: a diverged run's
+    fingerprint, config and features."""
+    from splatseg_ns.trained_run import TrainedRun
+
+    run = TrainedRun.__new__(TrainedRun)
+    run.fingerprint, run.config_path, run.step = "100:aaaaaaaaaaaaaaaa", tmp_path / "config.yml", 3999
+    run.model = SimpleNamespace(gauss_params={"seg_features": features_with_nan()})
+    return run
 
 
 def test_export_refuses_nan_features_naming_the_run_and_writes_nothing(tmp_path):

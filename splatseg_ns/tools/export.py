@@ -14,12 +14,11 @@ import numpy as np
 import torch
 
 from splatseg_ns.core.cleanup import clean_selection
-from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.ply import write_gaussians_ply, write_segments_ply
 from splatseg_ns.core.selection import segment_everything_by_candidates, segment_everything_by_clustering
 from splatseg_ns.selection_file import Selection, SelectionError, check_selection_matches
 from splatseg_ns.tools.select import level_index
-from splatseg_ns.trained_run import Level, RunError, TrainedRun
+from splatseg_ns.trained_run import Level, TrainedRun
 
 
 def gaussian_arrays(run: TrainedRun, keep: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
@@ -38,16 +37,6 @@ def gaussian_arrays(run: TrainedRun, keep: Optional[np.ndarray] = None) -> Dict[
     return arrays if keep is None else {name: value[keep] for name, value in arrays.items()}
 
 
-def check_run_features(run: TrainedRun, name: str = "seg_features") -> None:
-    """A run whose features diverged (NaN/inf) would export arbitrary segments: refuse, naming the run.
-
-    As a `RunError`, which the command line reports without a traceback."""
-    try:
-        check_finite_features(run.model.gauss_params[name].detach(), str(run.config_path), run.step, param=name)
-    except NonFiniteFeaturesError as err:
-        raise RunError(str(err)) from err
-
-
 def selection_to_keep(run: TrainedRun, selection: Selection, source: Path, invert: bool, keep_weak: bool) -> np.ndarray:
     check_selection_matches(selection, run.fingerprint, source)
     selected = selection.mask()
@@ -57,7 +46,7 @@ def selection_to_keep(run: TrainedRun, selection: Selection, source: Path, inver
         return ~selected
     if keep_weak:
         return selected
-    check_run_features(run)  # the clean-up below reads the features; --invert and --keep-weak do not
+    run.check_features_finite()  # the clean-up below reads the features; --invert and --keep-weak do not
     index = level_index(run, selection.level)  # type: ignore[arg-type]
     margin = run.model.config.margin_coarse if selection.level == "coarse" else run.model.config.margin_fine
     cleaned = clean_selection(run.model.means.detach().cpu().numpy(), selected, index.similarity.cpu().numpy(), margin)
@@ -77,12 +66,12 @@ def segment_labels(run: TrainedRun, level: Level, method: str = "candidates", th
                    num_segments: Optional[int] = None) -> torch.Tensor:
     """Every Gaussian's segment: its global candidate, or a clustering of position + feature."""
     if method == "candidates":
-        check_run_features(run)
+        run.check_features_finite()
         index = level_index(run, level)
         return segment_everything_by_candidates(index.assignment, index.similarity, threshold).cpu()
     if method == "clustering":  # DINO features when the run distilled them (the source project's way)
         dino = run.model.gauss_params["dino_features"] if "dino_features" in run.model.gauss_params else None
-        check_run_features(run, "dino_features" if dino is not None else "seg_features")
+        run.check_features_finite("dino_features" if dino is not None else "seg_features")
         features = dino.detach() if dino is not None else run.gaussian_features(level)
         return segment_everything_by_clustering(run.model.means.detach().cpu(), features.cpu(), num_segments=num_segments)
     raise ValueError(f"Unknown segmentation method {method!r}: use 'candidates' or 'clustering'.")
