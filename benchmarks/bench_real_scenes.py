@@ -190,11 +190,11 @@ def main() -> None:
         raise SystemExit(f"{data} is absent: this benchmark needs the shared data folder beside the project.")
     out = args.output_dir or Path(f"/tmp/splatseg_{args.scene}")
 
-    from splatseg_ns.demo import demo_train_args, run_ns_train
-    from splatseg_ns.selection_file import write_selection
-    from splatseg_ns.tools.benchmark_data import deepest_pixel
+    from splatseg_ns.core.selection_file import write_selection
+    from splatseg_ns.tools.demo import demo_train_args, run_ns_train
     from splatseg_ns.tools.evaluate import evaluate
     from splatseg_ns.tools.export import export_selection
+    from splatseg_ns.tools.make_benchmark import deepest_pixel
     from splatseg_ns.tools.select import select_by_view_clicks
     from splatseg_ns.trained_run import TrainedRun
 

@@ -199,7 +199,7 @@ def blobby_two_level(
 
 def sam_like_masks(h: int, w: int, num_coarse: int, num_fine: int, seed: int, max_side: int = 1024):
     """Maps made at SAM's working size (`SamMaskConfig.max_side`) and resized nearest to (h, w), as SAM's are."""
-    from splatseg_ns.core.cache import resize_nearest
+    from splatseg_ns.core.images import resize_nearest
 
     rng = np.random.default_rng(seed)
     s = min(1.0, max_side / max(h, w))
@@ -502,8 +502,11 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
     from PIL import Image
 
     from splatseg_ns.core import cache as cache_module
-    from splatseg_ns.core.clip_embeddings import TINY_CLIP_CONFIG, ClipConfig
+    from splatseg_ns.core import extractors as extractors_module
+    from splatseg_ns.core.clip_embeddings import ClipConfig
     from splatseg_ns.core.dino_features import DinoConfig, load_dino
+    from splatseg_ns.core.extraction import extract_all
+    from splatseg_ns.testing.tiny_models import TINY_CLIP_CONFIG
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -526,18 +529,18 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
             dtype = np.uint16 if max(coarse.max(), fine.max()) < 65536 else np.int32
             return {"coarse": coarse.astype(dtype), "fine": fine.astype(dtype)}
 
-        extractors = [cache_module.Extractor(cache_module.MASKS, "sam", {"synthetic": "warped-voronoi"},
+        extractors = [extractors_module.Extractor(cache_module.MASKS, "sam", {"synthetic": "warped-voronoi"},
                                              compute_masks, needs_path=True)]
         if with_models:
             import open_clip.model
 
             dino_model = load_dino(DinoConfig(), pretrained=False)
             clip_model = open_clip.model.CLIP(**{**TINY_CLIP_CONFIG, "embed_dim": 512}).eval()  # ViT-B-16's width
-            extractors.append(cache_module.dino_extractor(DinoConfig(), "cpu", model=dino_model))
-            extractors.append(cache_module.clip_extractor(ClipConfig(), "cpu", model=clip_model))
+            extractors.append(extractors_module.dino_extractor(DinoConfig(), "cpu", model=dino_model))
+            extractors.append(extractors_module.clip_extractor(ClipConfig(), "cpu", model=clip_model))
         cache_dir = data_dir / cache_module.CACHE_FOLDER
         t0 = time.perf_counter()
-        cache_module.extract_all(paths, extractors, cache_dir, progress=False, data_dir=data_dir)
+        extract_all(paths, extractors, cache_dir, progress=False, data_dir=data_dir)
         extract_s = time.perf_counter() - t0
         cache = cache_module.FeatureCache(data_dir, cache_dir)
         products = [e.product for e in extractors]
@@ -565,7 +568,7 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
 
 def datamanager_ram(cache, path: Path, image_hw: Tuple[int, int], products: Sequence[str]) -> Dict[str, int]:
     """Bytes `SplatsegDataManager._attach_masks` keeps per image, through the loaders and conversions it uses."""
-    from splatseg_ns.core.cache import load_image
+    from splatseg_ns.core.images import load_image
 
     ram = {"image uint8": tensor_bytes([torch.from_numpy(load_image(path))])}  # cache_images_type="uint8"
     coarse, fine = cache.load_masks(path, image_hw)  # CachedMasks.load -> int32; the datamanager keeps int16 if it can
@@ -588,8 +591,8 @@ def datamanager_ram(cache, path: Path, image_hw: Tuple[int, int], products: Sequ
 
 def real_datamanager_check(resolution: int = 64) -> Dict[str, str]:
     """dtype and bytes per pixel of each tensor in the real datamanager's cached training batch (demo scene)."""
-    from splatseg_ns.core.demo_scene import write_demo_scene
     from splatseg_ns.method_config import splatseg_trainer_config
+    from splatseg_ns.scenes.demo_scene import write_demo_scene
 
     with tempfile.TemporaryDirectory() as tmp:
         data = write_demo_scene(Path(tmp) / "scene", num_views=4, resolution=resolution)
@@ -703,7 +706,7 @@ def print_cache_tables(rows: List[Dict], plan_images: int) -> Dict:
         by_size.setdefault(r["size"], []).append(r)
     summary = {}
     for size, rs in by_size.items():
-        mean = lambda key: float(np.mean([r[key] for r in rs]))  # noqa: E731
+        mean = lambda key, rs=rs: float(np.mean([r[key] for r in rs]))  # noqa: E731
         disk = {p: mean(f"{p}_disk") for p in products}
         raw = {p: mean(f"{p}_raw") for p in products}
         manifests = sum(mean(f"{p}_manifest") for p in products)

@@ -1,6 +1,6 @@
 """Speed table of the interactive path: click -> Gaussians, text -> candidates, render, PLY export.
 
-Runs `splatseg_ns.bench.speed_table` on this machine's device (CUDA if available, else CPU) and
+Runs `splatseg_ns.tools.bench.speed_table` on this machine's device (CUDA if available, else CPU) and
 prints its markdown table: click latency against its floors (one compare over the precomputed
 assignment, one pass over the feature matrix), the one-off precompute per level, the feature
 render at the click, the text query and the PLY export against a raw write of the same bytes.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from splatseg_ns.bench import DEFAULT_SIZES, format_table, speed_table
+from splatseg_ns.tools.bench import DEFAULT_SIZES, format_table, speed_table
 
 
 def main() -> None:

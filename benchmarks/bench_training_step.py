@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
-    from splatseg_ns.core.demo_scene import write_demo_scene
+    from splatseg_ns.scenes.demo_scene import write_demo_scene
 
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.2f}")
     print("| scene | Gaussians | colour step (s) | feature step (s) | feature / colour |")

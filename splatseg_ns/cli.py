@@ -1,7 +1,8 @@
 """The `splatseg` console command (tyro subcommands).
 
 Each subcommand is a small dataclass whose fields are its options (tyro turns their
-docstrings into `--help`) and whose `main()` does the work.
+docstrings into `--help`) and whose `main()` hands them to its module in `tools` (one module
+per subcommand), turning bad input into one line of error instead of a traceback.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
-from splatseg_ns.core.clip_embeddings import ClipConfig  # noqa: E402  (these three are import-light: no torch)
-from splatseg_ns.core.dino_features import DinoConfig  # noqa: E402
-from splatseg_ns.core.sam_masks import SamMaskConfig  # noqa: E402
+from splatseg_ns.core.clip_embeddings import ClipConfig  # these four are import-light: no torch
+from splatseg_ns.core.dino_features import DinoConfig
+from splatseg_ns.core.features import Level
+from splatseg_ns.core.sam_masks import SamMaskConfig
 
 Clicks = Annotated[List[Tuple[float, float]], tyro.conf.UseAppendAction]
-Level = Literal["coarse", "fine"]
 
 
 def _fail(err: Exception) -> None:
@@ -40,7 +41,7 @@ class DemoData:
     """Random seed: the same seed writes the same scene."""
 
     def main(self) -> None:
-        from splatseg_ns.core.demo_scene import write_demo_scene
+        from splatseg_ns.scenes.demo_scene import write_demo_scene
 
         write_demo_scene(self.output, num_views=self.num_views, resolution=self.resolution, seed=self.seed)
         print(f"Wrote the demo scene ({self.num_views} views, {self.resolution}px) to {self.output}")
@@ -61,7 +62,7 @@ class Demo:
     """Steps that then train the segmentation features."""
 
     def main(self) -> None:
-        from splatseg_ns.demo import demo_train_args, latest_config, run_ns_train, showcase_selection
+        from splatseg_ns.tools.demo import demo_train_args, latest_config, run_ns_train, showcase_selection
 
         if not (self.data / "transforms.json").exists():
             DemoData(self.data).main()
@@ -98,7 +99,7 @@ class Select:
     """Select by name instead of clicks (e.g. "mushroom"); needs a run trained with text queries (CLIP)."""
 
     def main(self) -> None:
-        from splatseg_ns.selection_file import write_selection
+        from splatseg_ns.core.selection_file import write_selection
         from splatseg_ns.tools.select import select_by_text_query, select_by_view_clicks
         from splatseg_ns.trained_run import RunError, TrainedRun
 
@@ -141,7 +142,7 @@ class Export:
     """Segments from the global candidates, or from clustering position + feature (physical distance weighted high)."""
 
     def main(self) -> None:
-        from splatseg_ns.selection_file import SelectionError, read_selection
+        from splatseg_ns.core.selection_file import SelectionError, read_selection
         from splatseg_ns.tools.export import export_segments, export_selection
         from splatseg_ns.trained_run import RunError, TrainedRun
 
@@ -210,7 +211,7 @@ class MakeBenchmark:
     """Object masks from DATA/coarse or DATA/fine instance maps, or from the images' alpha channel."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.benchmark_data import write_benchmark
+        from splatseg_ns.tools.make_benchmark import write_benchmark
 
         try:
             prompts = write_benchmark(self.data, self.output, self.source, self.prompt_view, self.score_views)
@@ -241,27 +242,24 @@ class Masks:
     """DINO model, resolution and PCA size (with --dino)."""
 
     def main(self) -> None:
-        from splatseg_ns.core.cache import CacheError, WeightsError, run_masks_command
+        from splatseg_ns.core.cache import CacheError
+        from splatseg_ns.core.images import ImageReadError, InputFilesError
+        from splatseg_ns.core.weights import WeightsError
+        from splatseg_ns.tools.masks import dataset_images, run_masks
 
         try:
             i, n = (int(v) for v in self.shard.split("/"))
             assert 0 <= i < n
         except (ValueError, AssertionError):
             _fail(ValueError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4"))
-        images = sorted(p for p in _dataset_images(self.data))
+        images = dataset_images(self.data)
         if not images:
             _fail(FileNotFoundError(f"{self.data}: no images found (looked in images/ and the folder itself)."))
         try:
-            run_masks_command(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
-                              dino_config=self.dino_config, clip_config=self.clip_config)
-        except (CacheError, WeightsError) as err:
+            run_masks(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
+                      dino_config=self.dino_config, clip_config=self.clip_config)
+        except (CacheError, WeightsError, ImageReadError, InputFilesError) as err:
             _fail(err)
-
-
-def _dataset_images(data: Path) -> List[Path]:
-    suffixes = {".png", ".jpg", ".jpeg"}
-    folder = data / "images" if (data / "images").is_dir() else data
-    return [p for p in folder.iterdir() if p.suffix.lower() in suffixes]
 
 
 @dataclass
@@ -280,7 +278,7 @@ class Bench:
     """Also time the PLY export."""
 
     def main(self) -> None:
-        from splatseg_ns.bench import format_table, speed_table
+        from splatseg_ns.tools.bench import format_table, speed_table
 
         rows = speed_table(self.sizes, self.device, include_render=self.render, include_export=self.export,
                            threads=self.threads)

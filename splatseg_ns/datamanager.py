@@ -1,9 +1,10 @@
 """Full-image datamanager that hands each training image over with its two-level instance masks.
 
 Glue only: masks come from the user's folder (`core.masks`) or from SAM through the per-image
-cache (`core.cache`, filled on first use or by `splatseg masks`), are resized nearest to the
-image and follow it through nerfstudio's undistortion, and ride along in the cached batch as
-`coarse_mask` / `fine_mask` int32 [H, W] tensors. When asked, CLIP embeddings of every mask
+cache (`core.cache`, filled on first use by `core.extraction` or ahead by `splatseg masks`), are
+resized nearest to the image and follow it through nerfstudio's undistortion, and ride along in
+the cached batch as `coarse_mask` / `fine_mask` [H, W] tensors (int16 where the ids fit, else
+int32: masks are most of the cached batch's memory). When asked, CLIP embeddings of every mask
 (`clip_<level>_ids` / `clip_<level>_emb`, for text queries) and DINO feature maps (`dino`,
 [h, w, k] at patch resolution, for distillation) ride along too.
 """
@@ -17,16 +18,20 @@ from typing import Dict, List, Literal, Optional, Tuple, Type
 
 import numpy as np
 import torch
-from rich.progress import track
-
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatamanager, FullImageDatamanagerConfig
 from nerfstudio.data.datasets.base_dataset import InputDataset
+from rich.progress import track
 
+from splatseg_ns.core import extractors
+from splatseg_ns.core.cache import CachedMasks, FeatureCache
 from splatseg_ns.core.clip_embeddings import ClipConfig
 from splatseg_ns.core.dino_features import DinoConfig
+from splatseg_ns.core.extraction import extract_all
+from splatseg_ns.core.images import check_images_readable
 from splatseg_ns.core.masks import MaskError, mask_source_from, undistort_instance_map
 from splatseg_ns.core.sam_masks import SamMaskConfig
+from splatseg_ns.nerfstudio_compat import image_cache_device
 
 
 @dataclass
@@ -83,14 +88,9 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
         dataset = self.train_dataset if split == "train" else self.eval_dataset
         cameras_before_undistortion = deepcopy(dataset.cameras)  # the parent rewrites intrinsics in place
         self.cameras_before_undistortion[split] = cameras_before_undistortion
-        if cache_images_device == "cpu" and not torch.cuda.is_available():
-            # "cpu" caching pins memory, which needs an accelerator; "gpu" caching moves to self.device (the CPU).
-            cache_images_device = "gpu"
         try:
-            cached = super()._load_images(split, cache_images_device)
+            cached = super()._load_images(split, image_cache_device(cache_images_device))
         except (OSError, ValueError, SyntaxError):  # nerfstudio's loader does not say which image it could not read
-            from splatseg_ns.core.cache import check_images_readable
-
             check_images_readable(dataset.image_filenames)  # names every unreadable image, with the fix
             raise
         if split == "train":
@@ -103,28 +103,26 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
 
     def _mask_source(self, image_paths: List[Path]):
         """FolderMasks or CachedMasks, with every extraction this run needs done (progress bars, resumable)."""
-        from splatseg_ns.core import cache as cache_module
-
         data_dir = self._data_dir()
         folder = mask_source_from(self.config.mask_dir, data_dir)
         use_folder = self.config.mask_source == "folder" or (
             self.config.mask_source == "auto" and (folder.root / "coarse").is_dir()
         )
-        extractors = []
+        needed = []
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if not use_folder or self.config.text_queries:  # CLIP embeds the cached masks
-            extractors.append(
-                cache_module.folder_extractor(folder.root) if use_folder
-                else cache_module.sam_extractor(self.config.sam, device)
+            needed.append(
+                extractors.folder_extractor(folder.root) if use_folder
+                else extractors.sam_extractor(self.config.sam, device)
             )
             if self.config.text_queries:
-                extractors.append(cache_module.clip_extractor(self.config.clip_config, device))
+                needed.append(extractors.clip_extractor(self.config.clip_config, device))
         if self.config.dino:
-            extractors.append(cache_module.dino_extractor(self.config.dino_config, device))
-        self.feature_cache = cache_module.FeatureCache(data_dir, self.config.cache_dir)
-        if extractors:
-            cache_module.extract_all(image_paths, extractors, self.feature_cache.cache_dir, data_dir=data_dir)
-        return folder if use_folder else cache_module.CachedMasks(self.feature_cache)
+            needed.append(extractors.dino_extractor(self.config.dino_config, device))
+        self.feature_cache = FeatureCache(data_dir, self.config.cache_dir)
+        if needed:
+            extract_all(image_paths, needed, self.feature_cache.cache_dir, data_dir=data_dir)
+        return folder if use_folder else CachedMasks(self.feature_cache)
 
     def _attach_masks(self, dataset: InputDataset, cameras, cached: List[Dict[str, torch.Tensor]]) -> None:
         source = self._mask_source([Path(p) for p in dataset.image_filenames])

@@ -7,7 +7,6 @@ that fails at import breaks them all. Heavy libraries (SAM, CLIP, hdbscan) load 
 from __future__ import annotations
 
 import torch
-
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.optimizers import AdamOptimizerConfig

@@ -1,31 +1,31 @@
 """The splatseg model: splatfacto plus a per-Gaussian segmentation feature.
 
-Glue only. What it adds to `SplatfactoModel`:
+Glue only: the method's wiring. What it adds to `SplatfactoModel`:
 - `gauss_params["seg_features"]`: [N, seg_feature_dim] (coarse = the first `coarse_feature_dim`
-  channels, fine = all of them), so densification, pruning and checkpoints carry it along;
+  channels, fine = all of them, `core.features`), so densification, pruning and checkpoints
+  carry it along;
 - two stages in one run: colour and geometry on splatfacto's schedule until
-  `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian);
+  `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian),
+  trained by `core.losses` and `core.global_candidates` (GFL);
 - a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.rasterize` on CPU, with
   no `.cuda()` on the path;
-- LPIPS built on first use, so building the model needs no download;
 - `self.splatseg`, the web viewer's panel (`viewer.py`), whose display `get_outputs` applies.
-The losses live in `core.losses`.
+What works around nerfstudio 1.1.5 itself is `nerfstudio_compat`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Type, Union
 
 import torch
-from torch.nn import Parameter
-
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes, TrainingCallbackLocation
-from nerfstudio.models.splatfacto import RGB2SH, SplatfactoModel, SplatfactoModelConfig
+from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
+from torch.nn import Parameter
 
+from splatseg_ns.core.features import init_features, level_dim, level_features
 from splatseg_ns.core.global_candidates import (
     GFLConfig,
     GlobalCandidates,
@@ -35,6 +35,7 @@ from splatseg_ns.core.global_candidates import (
 )
 from splatseg_ns.core.losses import (
     check_finite_features,
+    dino_distillation_loss,
     feature_norm_2d_loss,
     feature_norm_3d_loss,
     knn_indices,
@@ -42,7 +43,14 @@ from splatseg_ns.core.losses import (
     spatial_smoothness_loss,
     two_level_contrastive_loss,
 )
-from splatseg_ns.torch_compat import allow_numpy_scalars_in_checkpoints
+from splatseg_ns.nerfstudio_compat import (
+    allow_numpy_scalars_in_checkpoints,
+    finish_at_max_iterations,
+    populate_splatfacto_modules,
+    progress_counts_to,
+    rebind_optimizers,
+    world_to_camera,
+)
 
 allow_numpy_scalars_in_checkpoints()
 
@@ -88,62 +96,6 @@ class SplatsegModelConfig(SplatfactoModelConfig):
     """'auto': gsplat's CUDA kernels on a GPU, the pure-torch rasteriser on CPU."""
 
 
-def world_to_camera(camera_to_world: torch.Tensor) -> torch.Tensor:
-    """[C, 3, 4] nerfstudio (OpenGL) camera-to-world -> [C, 4, 4] OpenCV world-to-camera, as gsplat wants."""
-    R = camera_to_world[:, :3, :3] * torch.tensor([1.0, -1.0, -1.0], device=camera_to_world.device)
-    T = camera_to_world[:, :3, 3:4]
-    viewmat = torch.zeros(R.shape[0], 4, 4, device=R.device, dtype=R.dtype)
-    viewmat[:, 3, 3] = 1.0
-    viewmat[:, :3, :3] = R.transpose(1, 2)
-    viewmat[:, :3, 3:4] = -R.transpose(1, 2) @ T
-    return viewmat
-
-
-def finish_at_max_iterations(trainer) -> None:
-    """A resumed run (`--load-dir`) trains up to step --max-num-iterations, not that many steps more.
-
-    nerfstudio runs max_num_iterations steps from the loaded step; splatseg's two stages and GFL
-    schedule are fixed in absolute steps, so an interrupted run resumes to the same end as an
-    uninterrupted one. The trainer reads the count when training starts, after this callback setup.
-    """
-    start, total = int(trainer._start_step), int(trainer.config.max_num_iterations)
-    if start == 0:
-        return
-    if start >= total:
-        raise ValueError(
-            f"The checkpoint loaded is at step {start - 1}, already the end of --max-num-iterations {total}. "
-            "Raise --max-num-iterations to train longer, or use the run as it is."
-        )
-    print(f"splatseg: resuming at step {start} of {total}; training the remaining {total - start} steps.")
-    trainer.config.max_num_iterations = total - start
-
-
-def _progress_counts_to(total: int, step: int) -> None:
-    from nerfstudio.utils import writer
-
-    writer.GLOBAL_BUFFER["max_iter"] = total
-
-
-def rebind_optimizers(optimizers: Dict[str, torch.optim.Optimizer], groups: Dict[str, List[Parameter]]) -> None:
-    """Point each optimizer at the model's current Parameter, carrying its loaded state along.
-
-    Loading a checkpoint (`--load-dir`) replaces every Gaussian tensor with a new Parameter of the
-    checkpoint's size, after nerfstudio built the optimizers on the old ones: without this the
-    resumed run's optimizers step tensors the model no longer uses and nothing trains.
-    """
-    for name, params in groups.items():
-        optimizer = optimizers.get(name)
-        if optimizer is None:
-            continue
-        old, new = optimizer.param_groups[0]["params"][0], params[0]
-        if old is new:
-            continue
-        optimizer.param_groups[0]["params"] = [new]
-        state = optimizer.state.pop(old, None)
-        if state is not None and all(v.shape == new.shape for v in state.values() if torch.is_tensor(v) and v.dim() > 0):
-            optimizer.state[new] = state
-
-
 def pick_rasterizer(choice: str, device: torch.device):
     """gsplat on CUDA, the pure-torch rasteriser otherwise (gsplat has no CPU path)."""
     if choice == "gsplat" or (choice == "auto" and device.type == "cuda"):
@@ -153,53 +105,6 @@ def pick_rasterizer(choice: str, device: torch.device):
     from splatseg_ns.core.rasterize import rasterize
 
     return rasterize
-
-
-class LazyLPIPS(torch.nn.Module):
-    """LPIPS that is built on first use; offline (weights not downloadable) it warns once and gives NaN.
-
-    Splatfacto builds LPIPS in `populate_modules`, which downloads AlexNet weights: offline, no
-    model could even be constructed. Only evaluation uses it, so it waits until then.
-    """
-
-    def __init__(self, **kwargs):
-        super().__init__()
-        self._kwargs = kwargs
-        self._metric: List[torch.nn.Module] = []  # a list keeps it out of the state dict
-        self._failed = False
-
-    def forward(self, preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not self._metric and not self._failed:
-            try:
-                self._metric.append(_REAL_LPIPS(**self._kwargs).to(preds.device))
-            except Exception as err:  # offline, or torchvision ops missing
-                self._failed = True
-                warnings.warn(f"LPIPS unavailable ({err}); reporting NaN. Run once online to cache its weights.")
-        if self._failed:
-            return torch.tensor(float("nan"))
-        return self._metric[0](preds, target)
-
-
-_REAL_LPIPS = None
-
-
-@contextlib.contextmanager
-def _lazy_lpips():
-    """Make splatfacto's `populate_modules` build `LazyLPIPS` instead of the real metric."""
-    global _REAL_LPIPS
-    import torchmetrics.image.lpip as lpip_module
-
-    _REAL_LPIPS = _REAL_LPIPS or lpip_module.LearnedPerceptualImagePatchSimilarity
-    lpip_module.LearnedPerceptualImagePatchSimilarity = LazyLPIPS
-    try:
-        yield
-    finally:
-        lpip_module.LearnedPerceptualImagePatchSimilarity = _REAL_LPIPS
-
-
-def init_seg_features(num_points: int, dim: int) -> torch.Tensor:
-    """Random unit-scale features: distinct Gaussians start dissimilar, as contrastive training needs."""
-    return torch.nn.functional.normalize(torch.randn(num_points, dim), dim=-1)
 
 
 class SplatsegModel(SplatfactoModel):
@@ -213,21 +118,8 @@ class SplatsegModel(SplatfactoModel):
                 f"coarse_feature_dim ({self.config.coarse_feature_dim}) must be smaller than "
                 f"seg_feature_dim ({self.config.seg_feature_dim}): the fine feature extends the coarse one."
             )
-        seed_colours = None
-        if self.seed_points is not None and not self.config.random_init:
-            # splatfacto moves seed colours with a hard-coded .cuda(); set them here instead.
-            points, seed_colours = self.seed_points
-            self.seed_points = (points, seed_colours[:0])
-        with _lazy_lpips():
-            super().populate_modules()
-        if seed_colours is not None:
-            self.seed_points = (self.seed_points[0], seed_colours)
-            if seed_colours.shape[0] > 0:
-                rgb = seed_colours.float() / 255.0
-                dc = RGB2SH(rgb) if self.config.sh_degree > 0 else torch.logit(rgb, eps=1e-10)
-                self.gauss_params["features_dc"] = Parameter(dc)
-                self.gauss_params["features_rest"] = Parameter(torch.zeros_like(self.features_rest))
-        self.gauss_params["seg_features"] = Parameter(init_seg_features(self.num_points, self.config.seg_feature_dim))
+        populate_splatfacto_modules(self, super().populate_modules)
+        self.gauss_params["seg_features"] = Parameter(init_features(self.num_points, self.config.seg_feature_dim))
         if self.config.dino_feature_dim > 0:
             self.gauss_params["dino_features"] = Parameter(0.01 * torch.randn(self.num_points, self.config.dino_feature_dim))
         # Densification must be over before the Gaussians' features start training.
@@ -243,7 +135,11 @@ class SplatsegModel(SplatfactoModel):
         self.splatseg = SplatsegViewer(self)  # the viewer panel: click/name selection, display modes, export
 
     def _level_dim(self, level: str) -> int:
-        return self.config.coarse_feature_dim if level == "coarse" else self.config.seg_feature_dim
+        return level_dim(level, self.config.seg_feature_dim, self.config.coarse_feature_dim)
+
+    def push_margin(self, level: str) -> float:
+        """The level's contrastive push margin tau_l: members of a candidate less similar than this are weak."""
+        return self.config.margin_coarse if level == "coarse" else self.config.margin_fine
 
     @property
     def seg_features(self) -> torch.Tensor:
@@ -257,7 +153,7 @@ class SplatsegModel(SplatfactoModel):
         # A plain splatfacto checkpoint has no features: start them fresh (feature-only training).
         if "gauss_params.seg_features" not in dict and "gauss_params.means" in dict:
             n = dict["gauss_params.means"].shape[0]
-            dict["gauss_params.seg_features"] = init_seg_features(n, self.config.seg_feature_dim)
+            dict["gauss_params.seg_features"] = init_features(n, self.config.seg_feature_dim)
         if self.config.dino_feature_dim > 0 and "gauss_params.dino_features" not in dict and "gauss_params.means" in dict:
             dict["gauss_params.dino_features"] = torch.zeros(dict["gauss_params.means"].shape[0], self.config.dino_feature_dim)
         for level in ("coarse", "fine"):  # candidate counts differ from run to run
@@ -285,7 +181,7 @@ class SplatsegModel(SplatfactoModel):
             warnings.warn(
                 f"--max-num-iterations {trainer.config.max_num_iterations} <= feature_stage_start "
                 f"{self.config.feature_stage_start}: the segmentation features will not be trained. Raise "
-                "--max-num-iterations or lower --pipeline.model.feature-stage-start."
+                "--max-num-iterations or lower --pipeline.model.feature-stage-start.", stacklevel=2
             )
         callbacks = super().get_training_callbacks(training_callback_attributes)
         pipeline = training_callback_attributes.pipeline
@@ -293,7 +189,7 @@ class SplatsegModel(SplatfactoModel):
             total = trainer.config.max_num_iterations
             finish_at_max_iterations(trainer)
             callbacks.append(  # the progress line counts to the run's end, not to the number of steps left
-                TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], _progress_counts_to,
+                TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], progress_counts_to,
                                  iters=(trainer._start_step,), args=[total])
             )
         if training_callback_attributes.optimizers is not None:
@@ -421,7 +317,7 @@ class SplatsegModel(SplatfactoModel):
             if feature_training and "dino_features" in self.gauss_params:
                 outputs["dino_features"] = self._render_features(rasterize, geometry, gaussians("dino_features"))
             if not self.training:
-                outputs["seg_coarse"] = features[..., : self.config.coarse_feature_dim]
+                outputs["seg_coarse"] = level_features(features, "coarse", self.config.coarse_feature_dim)
         return outputs
 
     def _geometry(self, gaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Dict:
@@ -531,13 +427,14 @@ class SplatsegModel(SplatfactoModel):
                 gaussians, self._neighbours, self.config.spatial_samples, weight=self.config.spatial_weight
             )
         if self.candidates is not None and self.gfl_active(self.step) and self.config.gfl.weight > 0:
-            losses.update(two_level_gfl_loss(gaussians, self.candidates, self.config.gfl))
+            losses.update(two_level_gfl_loss(gaussians, self.candidates, self.config.gfl,
+                                             self.config.margin_coarse, self.config.margin_fine))
         if "dino_features" in self.gauss_params:
             losses["dino"] = self.dino_loss(batch, outputs["dino_features"])
         return losses
 
     def dino_loss(self, batch, rendered: torch.Tensor) -> torch.Tensor:
-        """Distil DINO into the Gaussians: rendered features averaged over each DINO patch vs the cached map."""
+        """`core.losses.dino_distillation_loss` against the batch's cached DINO map, checking the run's flags."""
         if "dino" not in batch:
             raise ValueError(
                 "--pipeline.model.dino-feature-dim is set but the batches carry no DINO maps: also pass "
@@ -547,10 +444,7 @@ class SplatsegModel(SplatfactoModel):
         if target.shape[-1] != rendered.shape[-1]:
             raise ValueError(f"DINO maps have {target.shape[-1]} channels but dino-feature-dim is "
                              f"{rendered.shape[-1]}; make them equal.")
-        pooled = torch.nn.functional.adaptive_avg_pool2d(rendered.permute(2, 0, 1)[None], target.shape[:2])
-        pooled = pooled[0].permute(1, 2, 0)
-        cos = torch.nn.functional.cosine_similarity(pooled, target, dim=-1)
-        return self.config.dino_weight * (1 - cos).mean()
+        return dino_distillation_loss(rendered, target, self.config.dino_weight)
 
 
 def _resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -2,13 +2,12 @@
 
 Glue only: loads the run with nerfstudio's `eval_setup` (any device), finds a view by its image
 file name in the training or evaluation split, renders that view's features, and gives the
-per-Gaussian tensors the core modules work on. A fingerprint of the Gaussians lets a selection
-file prove which run it was made on.
+per-Gaussian tensors and the click index (`click_index`, once per level) the core modules work
+on. A fingerprint of the Gaussians lets a selection file prove which run it was made on.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -18,10 +17,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from splatseg_ns.core.features import Level, level_features
+from splatseg_ns.core.images import names_image
 from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
-
-Level = Literal["coarse", "fine"]
+from splatseg_ns.core.selection import ClickIndex, precompute_click_index
+from splatseg_ns.core.selection_file import fingerprint
 
 
 class RunError(ValueError):
@@ -114,6 +115,7 @@ class TrainedRun:
         if not isinstance(self.pipeline.model, SplatsegModel):
             raise RunError(f"{config_path} is a {self.config.method_name} run; splatseg tools need a splatseg run.")
         self.model: SplatsegModel = self.pipeline.model
+        self._click_indices: Dict[str, ClickIndex] = {}
 
     @classmethod
     def from_pipeline(cls, config_path: Path, pipeline) -> "TrainedRun":
@@ -129,6 +131,7 @@ class TrainedRun:
         run.pipeline, run.checkpoint = pipeline, None
         run.model = pipeline.model
         run.step = int(getattr(run.model, "step", 0))
+        run._click_indices = {}
         return run
 
     @property
@@ -137,10 +140,8 @@ class TrainedRun:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Identifies these exact Gaussians (count and positions), so a selection can't be applied to another run."""
-        means = self.model.means.detach().float().cpu().contiguous()
-        digest = hashlib.sha1(means.numpy().tobytes()).hexdigest()[:16]
-        return f"{means.shape[0]}:{digest}"
+        """Identifies these exact Gaussians (`selection_file.fingerprint`)."""
+        return fingerprint(self.model.means)
 
     def datasets(self) -> Dict[str, "object"]:
         dm = self.pipeline.datamanager
@@ -155,7 +156,7 @@ class TrainedRun:
             for index, path in enumerate(dataset.image_filenames):
                 path = Path(path)
                 names.append(path.name)
-                if _names_image(wanted, path):
+                if names_image(wanted, path):
                     return self._make_view(split, dataset, index, path)
         examples = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
         raise RunError(f"No view named {name!r} in this run's dataset; views are named by image file, e.g. {examples}.")
@@ -186,24 +187,41 @@ class TrainedRun:
                     outputs: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Rendered feature [P, D_level] at pixels (x, y) of the view's image file; a click off the image fails."""
         outputs = outputs if outputs is not None else self.render(view)
-        features = self.level_slice(outputs["seg_features"], level)
+        features = self.level_features(outputs["seg_features"], level)
         picked = []
         for x, y in pixels:
             column, row = view.render_pixel(x, y)
             picked.append(features[row, column])
         return torch.stack(picked) if picked else features.new_zeros(0, features.shape[-1])
 
-    def level_slice(self, features: torch.Tensor, level: Level) -> torch.Tensor:
-        """The coarse feature is the leading channels; the fine one is all of them (granularity prior)."""
-        if level == "coarse":
-            return features[..., : self.model.config.coarse_feature_dim]
-        if level == "fine":
-            return features
-        raise RunError(f"Unknown level {level!r}: use 'coarse' or 'fine'.")
+    def level_features(self, features: torch.Tensor, level: Level) -> torch.Tensor:
+        """The channels of `level` (`features.level_features`); an unknown level is a RunError."""
+        try:
+            return level_features(features, level, self.model.config.coarse_feature_dim)
+        except ValueError as err:
+            raise RunError(str(err)) from err
 
     def gaussian_features(self, level: Level) -> torch.Tensor:
         self.check_features_finite()
-        return self.level_slice(self.model.seg_features.detach(), level)
+        return self.level_features(self.model.seg_features.detach(), level)
+
+    def click_index(self, level: Level) -> ClickIndex:
+        """The level's candidates (from the checkpoint; a run without them gets them built from its views)
+        and every Gaussian's assignment to them, computed once per run."""
+        if level not in self._click_indices:
+            features = self.gaussian_features(level)
+            centers = getattr(self.model, f"candidate_centers_{level}")
+            if centers.shape[0] == 0:
+                print("This run's checkpoint holds no global candidates; building them from the training views...")
+                self.model.refresh_global_candidates(self.pipeline.datamanager)
+                centers = getattr(self.model, f"candidate_centers_{level}")
+            if centers.shape[0] == 0:
+                raise RunError(
+                    f"No {level} global candidates could be built for {self.config_path}: the features do not form "
+                    "clusters. Train the feature stage longer (--max-num-iterations) or check the masks."
+                )
+            self._click_indices[level] = precompute_click_index(features, centers)
+        return self._click_indices[level]
 
     def check_features_finite(self, name: str = "seg_features") -> None:
         """A run whose features diverged (NaN/inf) would select or export arbitrary segments: refuse, naming
@@ -212,11 +230,3 @@ class TrainedRun:
             check_finite_features(self.model.gauss_params[name].detach(), str(self.config_path), self.step, param=name)
         except NonFiniteFeaturesError as err:
             raise RunError(str(err)) from err
-
-
-def _names_image(wanted: Path, path: Path) -> bool:
-    """Does `wanted` (a file name, a stem, or a trailing part of a path) name the image at `path`?"""
-    if len(wanted.parts) > 1:
-        tail = path.parts[-len(wanted.parts) :]
-        return tuple(tail[:-1]) == wanted.parts[:-1] and wanted.name in (tail[-1], Path(tail[-1]).stem)
-    return wanted.name in (path.name, path.stem)

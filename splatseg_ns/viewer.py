@@ -1,7 +1,9 @@
 """The splatseg panel of the nerfstudio web viewer: click (or name) an object, see it, save it, export it.
 
-Glue only: the selection rule is `core.selection` (a click's rendered feature picks the nearest
-global candidate, Click-Gaussian Sec. 3.4), files are `selection_file` and `tools.export`.
+Glue only, on `core` alone: the selection rule is `core.selection.select_prompts` (a click's
+rendered feature picks the nearest global candidate, Click-Gaussian Sec. 3.4; the same rule as
+`splatseg select`), displays are `core.display`, files are `core.selection_file` and
+`core.export` (the same export as `splatseg export`).
 
 nerfstudio finds viewer elements by walking the pipeline's attributes and sub-modules
 (`viewer.utils.parse_object`: public attributes only, recursing into `nn.Module`s, in the
@@ -42,9 +44,6 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tupl
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-
 from nerfstudio.viewer.viewer_elements import (
     ViewerButton,
     ViewerCheckbox,
@@ -55,29 +54,26 @@ from nerfstudio.viewer.viewer_elements import (
     ViewerSlider,
     ViewerText,
 )
+from torch import nn
 
+from splatseg_ns.core import display
+from splatseg_ns.core.clip_embeddings import clip_text_encoder
+from splatseg_ns.core.export import export_selection
+from splatseg_ns.core.features import LEVELS, level_features
 from splatseg_ns.core.ply import segment_colours
 from splatseg_ns.core.selection import (
+    MIN_CLICK_OPACITY,
     ClickIndex,
-    level_features,
     precompute_click_index,
-    select_by_similarity,
     select_by_text,
-    select_candidates,
+    select_prompts,
 )
+from splatseg_ns.core.selection_file import Selection, fingerprint, read_selection, write_selection
 
 if TYPE_CHECKING:
     from nerfstudio.cameras.cameras import Cameras
 
 DISPLAY_MODES = ["everything", "selection only", "without selection", "segments", "feature PCA"]
-HIGHLIGHT_COLOUR = (1.0, 0.3, 0.05)
-HIGHLIGHT_STRENGTH = 0.6
-HIDDEN_OPACITY_LOGIT = -30.0
-"""sigmoid(-30) ~ 1e-13: far below the 1/255 alpha at which the rasteriser skips a Gaussian."""
-MIN_CLICK_OPACITY = 0.5
-"""A click where the rendered opacity is below this hit empty background (as `splatseg select`)."""
-SIMILARITY_FALLBACK_THRESHOLD = 0.8
-"""Cosine to the clicks for runs without global candidates (`select_by_similarity`'s default)."""
 
 
 class ViewerMarkdown(ViewerElement[str]):
@@ -120,39 +116,6 @@ class _Folder(nn.Module):
         setattr(self, f"item_{len(self.__dict__.get('_order', [])):02d}", element)
         self.__dict__.setdefault("_order", []).append(element)
         return element
-
-
-@torch.no_grad()
-def fit_feature_pca(features: torch.Tensor, max_samples: int = 100_000, seed: int = 0):
-    """(mean [D], basis [D, 3], low [3], high [3]): a colour projection of unit features, fitted once.
-
-    The 3 principal directions of a sample of the L2-normalised features, each signed so that its
-    largest loading is positive (the same features give the same colours), and the 1st/99th
-    percentiles of the projections as the colour range. Fixed per run, so frames do not flicker
-    the way a per-image PCA (nerfstudio's colormap for >3 channels) does.
-    """
-    unit = F.normalize(features.detach().float(), dim=-1)
-    if unit.shape[0] > max_samples:
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        unit = unit[torch.randperm(unit.shape[0], generator=generator)[:max_samples].to(unit.device)]
-    mean = unit.mean(0)
-    _, _, v = torch.linalg.svd(unit - mean, full_matrices=False)
-    basis = torch.zeros(unit.shape[1], 3, device=unit.device)
-    k = min(3, v.shape[0])
-    basis[:, :k] = v[:k].T
-    signs = torch.sign(basis.gather(0, basis.abs().argmax(0, keepdim=True)))
-    basis = basis * torch.where(signs == 0, torch.ones_like(signs), signs)
-    projected = (unit - mean) @ basis
-    low, high = torch.quantile(projected, 0.01, dim=0), torch.quantile(projected, 0.99, dim=0)
-    return mean, basis, low, torch.maximum(high, low + 1e-6)
-
-
-@torch.no_grad()
-def pca_colours(features: torch.Tensor, pca) -> torch.Tensor:
-    """rgb [N, 3] in [0, 1] of features [N, D] under a projection from `fit_feature_pca`."""
-    mean, basis, low, high = pca
-    projected = (F.normalize(features.detach().float(), dim=-1) - mean) @ basis
-    return ((projected - low) / (high - low)).clamp(0.0, 1.0)
 
 
 class SplatsegViewer(nn.Module):
@@ -247,16 +210,17 @@ class SplatsegViewer(nn.Module):
             return None
         return (Path(viewer.log_filename).parent / "config.yml").resolve()
 
-    def _run(self):
-        from splatseg_ns.trained_run import RunError, TrainedRun
-
+    def _config_path(self) -> Path:
+        """The run's config.yml, which must exist: selection files name it."""
         config = self.run_config_path()
         if config is None or not config.exists():
-            raise RunError(f"Cannot find this run's config.yml ({config}); start ns-viewer from the folder you "
-                           "trained in, so that the run's relative output path resolves.")
+            raise FileNotFoundError(f"Cannot find this run's config.yml ({config}); start ns-viewer from the folder "
+                                    "you trained in, so that the run's relative output path resolves.")
+        return config
+
+    def _pipeline(self):
         viewer = self._viewer()
-        pipeline = self._bound.pipeline or (viewer.pipeline if viewer else SimpleNamespace(model=self._model))
-        return TrainedRun.from_pipeline(config, pipeline)
+        return self._bound.pipeline or (viewer.pipeline if viewer else None)
 
     def _set(self, element: ViewerElement, value) -> None:
         element.value = value  # type: ignore[attr-defined]
@@ -313,29 +277,13 @@ class SplatsegViewer(nn.Module):
         """bool [N]: the Gaussians the clicks and the name select at the current level and threshold."""
         level, threshold = self.level, self._threshold_value()
         key = ("selected", level, threshold, self._prompt_version, self._model_version(level))
-        if key in self._cache:
-            return self._cache[key]  # type: ignore[return-value]
-        model = self._model
-        features = self._gaussian_features(level)
-        positive, negative = self._clicked(self._positive, level), self._clicked(self._negative, level)
-        selected = torch.zeros(model.num_points, dtype=torch.bool, device=features.device)
-        index = self._click_index(level)
-        if index is None:  # no global candidates yet (colour stage): raw similarity to the clicks
-            if positive is not None:
-                selected = select_by_similarity(features, positive, negative,
-                                                threshold=threshold or SIMILARITY_FALLBACK_THRESHOLD)
-        else:
-            if positive is not None:
-                selected = index.select(positive, negative, threshold, features=features)
-            named = self._named_candidates(level)
-            if named is not None:
-                by_name = select_candidates(index.assignment, named, index.num_candidates, index.similarity, threshold)
-                if negative is not None:
-                    by_name &= ~index.select(negative, None, threshold)
-                selected |= by_name
-        self._cache = {k: v for k, v in self._cache.items() if k[0] != "selected"}
-        self._cache[key] = selected
-        return selected
+        if key not in self._cache:
+            selected = select_prompts(self._click_index(level), self._gaussian_features(level),
+                                      self._clicked(self._positive, level), self._clicked(self._negative, level),
+                                      self._named_candidates(level), threshold)
+            self._cache = {k: v for k, v in self._cache.items() if k[0] != "selected"}
+            self._cache[key] = selected
+        return self._cache[key]  # type: ignore[return-value]
 
     def _named_candidates(self, level: str) -> Optional[torch.Tensor]:
         if self._text_embedding is None:
@@ -394,9 +342,8 @@ class SplatsegViewer(nn.Module):
         clients = viewer.viser_server.get_clients()
         if not clients:
             raise RuntimeError("no browser is connected")
-        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
-
         from nerfstudio.viewer.utils import get_camera
+        from nerfstudio.viewer.viewer import VISER_NERFSTUDIO_SCALE_RATIO
 
         origin = np.asarray(click.origin, dtype=np.float64)
         client = min(clients.values(), key=lambda c: np.linalg.norm(
@@ -449,7 +396,7 @@ class SplatsegViewer(nn.Module):
         if not text:
             self._say("Type a name first, e.g. 'mushroom'.")
             return False
-        if all(getattr(self._model, f"candidate_clip_{level}").numel() == 0 for level in ("coarse", "fine")):
+        if all(getattr(self._model, f"candidate_clip_{level}").numel() == 0 for level in LEVELS):
             self._say("This run has no CLIP embeddings of its segments, so it cannot select by name: train with "
                       "--pipeline.datamanager.text-queries True.")
             return False
@@ -465,13 +412,12 @@ class SplatsegViewer(nn.Module):
         return True
 
     def _text_encoder(self) -> Callable[[Sequence[str]], torch.Tensor]:
+        """CLIP's text encoder, of the model that embedded this run's masks (the datamanager's config)."""
         if self._encode_text is None:
-            from splatseg_ns.tools.select import clip_text_encoder
-
-            run = self._run()
-            if run.config is None:
-                raise RuntimeError(f"{run.config_path} cannot be read")
-            self._encode_text = clip_text_encoder(run)
+            pipeline = self._pipeline()
+            if pipeline is None:
+                raise RuntimeError("no pipeline is attached, so the run's CLIP model is unknown")
+            self._encode_text = clip_text_encoder(pipeline.datamanager.config.clip_config, str(self._model.device))
         return self._encode_text
 
     # ---------------------------------------------------------------------------------- display
@@ -524,23 +470,20 @@ class SplatsegViewer(nn.Module):
     def _overrides(self, mode: str) -> Dict[str, torch.Tensor]:
         model = self._model
         selected = self.selected() if self.has_prompts() else None
-        overrides: Dict[str, torch.Tensor] = {}
         if mode in ("selection only", "without selection"):
             if selected is None:
                 selected = torch.zeros(model.num_points, dtype=torch.bool, device=model.device)
-            visible = selected
-            if mode == "without selection":
-                visible = ~visible
-            hidden = torch.full_like(model.opacities, HIDDEN_OPACITY_LOGIT)
-            overrides["opacities"] = torch.where(visible[:, None], model.opacities, hidden)
-            return overrides
-        if mode == "segments":
-            overrides.update(self._colour_params(self._segment_colours(self.level)))
-        elif mode == "feature PCA":
-            overrides.update(self._colour_params(self._pca_colours(self.level)))
+            visible = selected if mode == "selection only" else ~selected
+            return {"opacities": display.hidden_opacities(model.opacities, visible)}
+        dc, rest = model.features_dc, model.features_rest
+        if mode in ("segments", "feature PCA"):
+            colours = self._segment_colours(self.level) if mode == "segments" else self._pca_colours(self.level)
+            dc, rest = display.colour_params(colours.to(model.device, dc.dtype), rest, model.config.sh_degree)
         if selected is not None and self._highlight.value and bool(selected.any()):
-            overrides.update(self._tinted(selected, overrides))
-        return overrides
+            dc, rest = display.tinted(selected, dc, rest, model.config.sh_degree)
+        if dc is model.features_dc:
+            return {}
+        return {"features_dc": dc, "features_rest": rest}
 
     def _segment_colours(self, level: str) -> torch.Tensor:
         key = ("segments", level, self._model_version(level))
@@ -558,65 +501,30 @@ class SplatsegViewer(nn.Module):
         if key not in self._cache:
             features = self._gaussian_features(level)
             if level not in self._pca:  # once per run: the colours of a feature never change between frames
-                self._pca[level] = fit_feature_pca(features)
+                self._pca[level] = display.fit_feature_pca(features)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "pca"}
-            self._cache[key] = pca_colours(features, self._pca[level])
+            self._cache[key] = display.pca_colours(features, self._pca[level])
         return self._cache[key]  # type: ignore[return-value]
 
-    def _colour_params(self, rgb: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """features_dc / features_rest that render as the constant colours rgb [N, 3] (the model's colour space)."""
-        model = self._model
-        rgb = rgb.to(model.device, model.features_dc.dtype)
-        if model.config.sh_degree > 0:
-            from nerfstudio.models.splatfacto import RGB2SH
-
-            dc = RGB2SH(rgb)
-        else:  # splatfacto stores colour logits without SH
-            dc = torch.logit(rgb.clamp(1e-4, 1 - 1e-4))
-        return {"features_dc": dc, "features_rest": torch.zeros_like(model.features_rest)}
-
-    def _tinted(self, selected: torch.Tensor, overrides: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The selected Gaussians' colours blended towards the highlight colour (exactly, as rendered)."""
-        model = self._model
-        dc = overrides.get("features_dc", model.features_dc)
-        rest = overrides.get("features_rest", model.features_rest)
-        s = HIGHLIGHT_STRENGTH
-        highlight = torch.tensor(HIGHLIGHT_COLOUR, device=dc.device, dtype=dc.dtype)
-        if model.config.sh_degree > 0:
-            from nerfstudio.models.splatfacto import RGB2SH
-
-            # colour = C0 dc + sum(rest terms) + 0.5 is affine in (dc, rest): blending them blends the colour.
-            tinted_dc, tinted_rest = (1 - s) * dc + s * RGB2SH(highlight), (1 - s) * rest
-        else:
-            blended = (1 - s) * torch.sigmoid(dc) + s * highlight
-            tinted_dc, tinted_rest = torch.logit(blended.clamp(1e-4, 1 - 1e-4)), rest
-        return {"features_dc": torch.where(selected[:, None], tinted_dc, dc),
-                "features_rest": torch.where(selected[:, None, None], tinted_rest, rest)}
-
     # ----------------------------------------------------------------------------------- export
-    def _selection(self, run):
-        from splatseg_ns.selection_file import Selection
-
-        selected = self.selected()
-        indices = selected.nonzero().squeeze(-1).cpu().tolist()
+    def _selection(self, config: Path) -> Selection:
+        indices = self.selected().nonzero().squeeze(-1).cpu().tolist()
         prompts = {"source": "viewer", "clicks": [{"mode": mode, "screen_pos": pos} for mode, pos in self._screen],
                    "text": self._text, "threshold": self._threshold_value()}
-        return Selection(str(run.config_path), run.fingerprint, self.level, indices, prompts)
+        return Selection(str(config), fingerprint(self._model.means), self.level, indices, prompts)
 
     def save_selection(self) -> Optional[Path]:
         """Write the selection file beside the run's config.yml and show the `splatseg export` command for it."""
-        from splatseg_ns.selection_file import write_selection
-
         if not self.has_prompts() or not bool(self.selected().any()):
             self._set(self._written, "Nothing is selected; nothing saved.")
             return None
-        run = self._run()
+        config = self._config_path()
         name = Path(self._file_name.value.strip() or "selection.json").name
-        path = run.config_path.parent / (name if name.endswith(".json") else f"{name}.json")
-        selection = self._selection(run)
+        path = config.parent / (name if name.endswith(".json") else f"{name}.json")
+        selection = self._selection(config)
         write_selection(path, selection)
         output = path.with_name(f"{path.stem}{'_without' if self._invert.value else ''}.ply")
-        command = ["splatseg", "export", "--load-config", str(run.config_path), "--selection", str(path),
+        command = ["splatseg", "export", "--load-config", str(config), "--selection", str(path),
                    "--output", str(output), *(["--invert"] if self._invert.value else [])]
         self._set(self._command, shlex.join(command))
         self._set(self._written, f"{path.name} ({len(selection.indices)} Gaussians), in {path.parent}")
@@ -624,17 +532,16 @@ class SplatsegViewer(nn.Module):
 
     def export_ply(self) -> Optional[Path]:
         """Save the selection, then write the object (or the scene without it) as a PLY, as `splatseg export` does."""
-        from splatseg_ns.selection_file import read_selection
-        from splatseg_ns.tools.export import export_selection
-
         path = self.save_selection()
         if path is None:
             return None
-        run = self._run()
-        invert = bool(self._invert.value)
+        model, invert = self._model, bool(self._invert.value)
+        selection = read_selection(path)
         output = path.with_name(f"{path.stem}{'_without' if invert else ''}.ply")
-        # Without candidates there is no similarity to drop weak members by: keep them all.
-        keep_weak = self._click_index(self.level) is None
-        written = export_selection(run, read_selection(path), path, output, invert=invert, keep_weak=keep_weak)
+        index = self._click_index(selection.level)  # without candidates there is no similarity: weak members stay
+        written = export_selection(output, selection, path, fingerprint(model.means), model.gauss_params,
+                                   model.config.sh_degree,
+                                   similarity=None if index is None else (lambda: index.similarity),
+                                   margin=model.push_margin(selection.level), invert=invert)
         self._set(self._written, f"{output.name} ({written} Gaussians), in {output.parent}")
         return output

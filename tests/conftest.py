@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from splatseg_ns._torchvision_cpu import install
+from tests.helpers import write_images
 
 install()
 
@@ -17,7 +18,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def demo_scene(tmp_path_factory) -> Path:
-    from splatseg_ns.core.demo_scene import write_demo_scene
+    from splatseg_ns.scenes.demo_scene import write_demo_scene
 
     return write_demo_scene(tmp_path_factory.mktemp("demo") / "scene", num_views=24, resolution=64)
 
@@ -25,7 +26,7 @@ def demo_scene(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_demo_run(demo_scene, tmp_path_factory) -> Path:
     """config.yml of a real ns-train splatseg run (colour then features) on CPU."""
-    from splatseg_ns.demo import demo_train_args, ns_train_executable
+    from splatseg_ns.tools.demo import demo_train_args, ns_train_executable
 
     output_dir = tmp_path_factory.mktemp("outputs")
     args = demo_train_args(demo_scene, output_dir, colour_steps=250, feature_steps=150, timestamp="test")
@@ -42,12 +43,20 @@ def offline(tmp_path, monkeypatch) -> Path:
     """No network: every checkpoint download fails as it would offline; weights go to a fresh folder."""
     import urllib.error
 
-    from splatseg_ns.core import cache as cache_mod
+    from splatseg_ns.core import weights as weights_mod
 
     monkeypatch.setenv("SPLATSEG_CACHE", str(tmp_path / "weights"))
 
     def fail(url, destination):
         raise urllib.error.URLError("Temporary failure in name resolution")
 
-    monkeypatch.setattr(cache_mod, "_download", fail)
+    monkeypatch.setattr(weights_mod, "_download", fail)
     return tmp_path / "weights"
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A folder of five small random images: (root, image paths)."""
+    root = tmp_path / "scene"
+    return root, write_images(root)
+

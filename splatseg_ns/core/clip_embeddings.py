@@ -8,7 +8,7 @@ query is then compared (cosine) with these embeddings, and the matching masks' s
 to Gaussians through the Click-Gaussian features. Crops are embedded in batches.
 
 Relies on open_clip_torch 2.x (the last line that fits nerfstudio's timm pin). Weights come
-from a local checkpoint or are downloaded once into the weights folder (`cache.weights_dir()`);
+from a local checkpoint or are downloaded once into the weights folder (`weights.weights_dir()`);
 offline without one the error names the file, where to put it and the flag.
 """
 
@@ -20,19 +20,12 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.cache import WeightsError, resize_nearest, resolve_checkpoint
+from splatseg_ns.core.images import resize_nearest
+from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
 
 FLAG_PREFIX = "--[pipeline.datamanager.]clip-config."  # splatseg masks / ns-train
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# A toy open_clip configuration with the real CLIP architecture, for tests and benchmarks.
-TINY_CLIP_CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "head_width": 32, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
-}
-
 
 @dataclass
 class ClipConfig:
@@ -109,17 +102,6 @@ def load_clip(config: ClipConfig, device: Union[str, "torch.device"] = "cpu"):  
                            f"{str(err)[:300]}). Pass the weights of that model, or {FLAG_PREFIX}model-name of the "
                            "architecture the file is for.") from err
     return model.eval(), open_clip.get_tokenizer(config.model_name)
-
-
-def build_tiny_clip(seed: int = 0):
-    """(model, tokenizer): a randomly initialised CLIP with `TINY_CLIP_CONFIG`, for tests and benchmarks."""
-    import torch
-    from open_clip.model import CLIP
-    from open_clip.tokenizer import SimpleTokenizer
-
-    torch.manual_seed(seed)
-    model = CLIP(**TINY_CLIP_CONFIG)
-    return model.eval(), SimpleTokenizer(context_length=TINY_CLIP_CONFIG["text_cfg"]["context_length"])
 
 
 def _preprocess(model) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -199,7 +181,7 @@ class ClipMaskEmbeddings:
     """CLIP as a per-mask embedder: `(image, instance_map) -> (ids [M], emb [M, E])`.
 
     The model is loaded on first use; pass `model`/`tokenizer` to use ones already built
-    (e.g. `build_tiny_clip()` in tests).
+    (e.g. `testing.tiny_models.build_tiny_clip()` in tests).
     """
 
     def __init__(self, config: Optional[ClipConfig] = None, device: str = "cpu", model=None, tokenizer=None):
@@ -232,3 +214,12 @@ class ClipMaskEmbeddings:
 
             self._tokenizer = open_clip.get_tokenizer(self.config.model_name)
         return encode_text(model, self._tokenizer, texts)
+
+
+def clip_text_encoder(config: ClipConfig, device: str = "cpu"):
+    """texts -> L2-normalised text embeddings [T, E] (a torch tensor), with the CLIP model of `config`
+    (the one that embedded a run's masks), loaded on first use."""
+    import torch
+
+    clip = ClipMaskEmbeddings(config, device=device)
+    return lambda texts: torch.as_tensor(clip.encode_text(list(texts)))

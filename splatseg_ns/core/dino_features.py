@@ -1,7 +1,7 @@
 """Dense DINO patch features per image, reduced by one PCA basis shared by the whole scene.
 
 For "segment everything" the Gaussians carry DINO features next to the Click-Gaussian ones
-and are clustered on a weighted sum of 3D distance and feature distance (DESIGN.md). This
+and are clustered on a weighted sum of 3D distance and feature distance (`segmentation`). This
 module makes the 2D targets: a self-supervised DINO ViT (default ViT-S/8, through timm 0.6.7)
 turns each image into a grid of patch features (one per 8x8 pixels), and a PCA basis fit once
 across a sample of the scene's images reduces them to `num_components` channels, so that a
@@ -11,7 +11,7 @@ channel means the same thing in every view (a per-image PCA would not). Outputs 
 timm 0.6.7's ViT only accepts its 224 px training size, so `dino_patch_features` runs the blocks
 itself with the position embedding interpolated (bicubic) to the input's patch grid, as DINO's
 own `interpolate_pos_encoding` does. Weights come from a local checkpoint or are downloaded once
-into the weights folder (`cache.weights_dir()`); offline without one the error says what to do.
+into the weights folder (`weights.weights_dir()`); offline without one the error says what to do.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.cache import WeightsError, resolve_checkpoint
+from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
 
 FLAG_PREFIX = "--[pipeline.datamanager.]dino-config."  # splatseg masks / ns-train
 # DINO backbones timm 0.6.7 knows, by (width, patch size): to name the right one for a checkpoint.
@@ -186,10 +186,14 @@ def fit_pca(
 ):
     """A PCA basis for feature maps [..., C] taken together: (mean [C], basis [C, k]) float32.
 
-    Up to `max_samples` vectors are drawn, evenly over the maps. Components are ordered by
-    variance and each is signed so that its largest-magnitude loading is positive (a refit on the
-    same data gives the same basis). With `return_explained`, also the fraction of variance kept.
+    Up to `max_samples` vectors are drawn, evenly over the maps; the axes are `pca.principal_axes`
+    (ordered by variance, deterministically signed). With `return_explained`, also the fraction of
+    variance kept.
     """
+    import torch
+
+    from splatseg_ns.core.pca import principal_axes
+
     rng = np.random.default_rng(seed)
     per_map = max(1, max_samples // max(1, len(features)))
     rows = []
@@ -198,22 +202,9 @@ def fit_pca(
         if len(flat) > per_map:
             flat = flat[np.sort(rng.choice(len(flat), per_map, replace=False))]
         rows.append(flat)
-    x = np.concatenate(rows)
-    c = x.shape[1]
-    if not 1 <= k <= c:
-        raise ValueError(f"cannot keep {k} PCA components of {c}-channel features")
-    mean = x.mean(axis=0)
-    cov = np.cov(x - mean, rowvar=False) if len(x) > 1 else np.zeros((c, c))
-    values, vectors = np.linalg.eigh(np.atleast_2d(cov))
-    order = np.argsort(values)[::-1][:k]
-    basis = vectors[:, order]
-    signs = np.sign(basis[np.abs(basis).argmax(axis=0), np.arange(k)])
-    basis = basis * np.where(signs == 0, 1.0, signs)
-    out = (mean.astype(np.float32), basis.astype(np.float32))
-    if return_explained:
-        total = max(values.clip(min=0).sum(), 1e-30)
-        return out + (float(values[order].clip(min=0).sum() / total),)
-    return out
+    mean, basis, explained = principal_axes(torch.from_numpy(np.concatenate(rows)), k)
+    out = (mean.numpy().astype(np.float32), basis.numpy().astype(np.float32))
+    return out + (explained,) if return_explained else out
 
 
 def apply_pca(features: np.ndarray, mean: np.ndarray, basis: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-LEVELS = ("coarse", "fine")
+from splatseg_ns.core.features import LEVELS, level_dim, level_features
 
 
 @dataclass
@@ -58,8 +58,6 @@ class GFLConfig:
             default). Default None.
         min_mask_area: Masks with fewer pixels in the rendered view are left out: their
             average is a few pixels' worth of noise. Default 0 (keep all).
-        margin_coarse: tau of the coarse push, as in the contrastive loss. Default 0.5.
-        margin_fine: tau of the fine push, as in the contrastive loss. Default 0.75.
         pull_threshold: A Gaussian is pulled only if its cosine to its target exceeds this
             (paper: 0.9), so a Gaussian no candidate describes is not forced onto one.
             Default 0.9.
@@ -83,8 +81,6 @@ class GFLConfig:
     min_cluster_size_floor: int = 2
     min_samples: Optional[int] = None
     min_mask_area: int = 0
-    margin_coarse: float = 0.5
-    margin_fine: float = 0.75
     pull_threshold: float = 0.9
     weight: float = 10.0
     max_gaussians: Optional[int] = 100_000
@@ -132,7 +128,7 @@ class GlobalCandidates:
 
     def level(self, name: str) -> LevelCandidates:
         if name not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {name!r}")
+            raise ValueError(f"Unknown level {name!r}: use 'coarse' or 'fine'.")
         return getattr(self, name)
 
     def to(self, device) -> "GlobalCandidates":
@@ -305,12 +301,12 @@ def build_global_candidates(
     for view_index, (feature_map, coarse_ids, fine_ids) in enumerate(views):
         count += 1
         full_dim = feature_map.shape[-1]
-        dims = {"coarse": coarse_dim, "fine": full_dim}
         for level, ids in zip(LEVELS, (coarse_ids, fine_ids)):
-            store = collected.setdefault(level, _empty_level(dims[level]))
+            store = collected.setdefault(level, _empty_level(level_dim(level, full_dim, coarse_dim)))
             if ids is None:
                 continue
-            means, mask_ids, areas = mask_mean_features(feature_map[..., : dims[level]], ids, config.min_mask_area)
+            level_map = level_features(feature_map, level, coarse_dim)
+            means, mask_ids, areas = mask_mean_features(level_map, ids, config.min_mask_area)
             store["features"].append(means.float().cpu())
             store["views"].append(torch.full_like(mask_ids, view_index).cpu())
             store["ids"].append(mask_ids.cpu())
@@ -320,7 +316,7 @@ def build_global_candidates(
     epsilons = {"coarse": config.epsilon_coarse, "fine": config.epsilon_fine}
     levels = {}
     for level in LEVELS:
-        store = collected.get(level, _empty_level(coarse_dim if level == "coarse" else full_dim))
+        store = collected.get(level, _empty_level(level_dim(level, full_dim, coarse_dim)))
         features, views_of, ids_of, areas_of = (
             torch.cat(store[key]) for key in ("features", "views", "ids", "areas")
         )
@@ -416,22 +412,26 @@ def two_level_gfl_loss(
     gaussian_features: torch.Tensor,
     candidates: GlobalCandidates,
     config: Optional[GFLConfig] = None,
+    margin_coarse: float = 0.5,
+    margin_fine: float = 0.75,
     generator: Optional[torch.Generator] = None,
 ) -> Dict[str, torch.Tensor]:
     """GFL at both levels on one shared sample of Gaussians; returns the four terms by name.
 
     Coarse on features[:, :coarse_dim], fine on all channels with the coarse part detached in
     the fine push (the contrastive loss's convention: fine negatives may share an object, so
-    they must not tear its coarse feature apart). Sum the terms for the loss.
+    they must not tear its coarse feature apart). The push margins are the contrastive loss's
+    tau_l (the model passes its own), so one flag sets each level's margin in both losses. Sum
+    the terms for the loss.
     """
     config = config or GFLConfig()
     coarse_dim = candidates.coarse_dim
     rows = _sample_rows(gaussian_features.shape[0], config.max_gaussians, generator, gaussian_features.device)
     features = gaussian_features if rows is None else gaussian_features[rows]
     common = dict(pull_threshold=config.pull_threshold, weight=config.weight)
-    coarse = gfl_loss(features[:, :coarse_dim], candidates.coarse.centers, config.margin_coarse, **common)
+    coarse = gfl_loss(level_features(features, "coarse", coarse_dim), candidates.coarse.centers, margin_coarse, **common)
     fine_push = torch.cat([features[:, :coarse_dim].detach(), features[:, coarse_dim:]], dim=-1)
-    fine = gfl_loss(features, candidates.fine.centers, config.margin_fine, push_features=fine_push, **common)
+    fine = gfl_loss(features, candidates.fine.centers, margin_fine, push_features=fine_push, **common)
     return {
         "gfl_coarse_pull": coarse["pull"],
         "gfl_coarse_push": coarse["push"],

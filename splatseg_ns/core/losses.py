@@ -9,9 +9,10 @@ negatives, which may share an object, cannot tear the object's coarse feature ap
 Pixels are importance-sampled so that small masks are seen as often as large ones.
 
 Also the paper's regularisers: 3D and 2D feature norms and spatial smoothness over
-each Gaussian's nearest neighbours (`knn_indices` precomputes them; positions are frozen).
-And `check_finite_features`, the guard against a diverged training that training, selection
-and export share.
+each Gaussian's nearest neighbours (`knn_indices` precomputes them; positions are frozen);
+the DINO distillation term of the optional second feature (`dino_distillation_loss`); and
+`check_finite_features`, the guard against a diverged training that training, selection and
+export share.
 """
 
 from __future__ import annotations
@@ -234,3 +235,14 @@ def spatial_smoothness_loss(
     unit = F.normalize(features, dim=-1)
     cos = (unit[rows, None, :] * unit[neighbours.to(features.device)[rows]]).sum(dim=-1)
     return weight * (1.0 - cos).mean()
+
+
+def dino_distillation_loss(rendered: torch.Tensor, target: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Distil DINO into the Gaussians: weight * mean (1 - cos) between the rendered DINO feature map
+    [H, W, k], averaged over each DINO patch, and the cached patch features [h, w, k].
+
+    DINO features exist per 8x8 patch only, so the render is pooled to the patch grid rather than
+    the target upsampled (which would invent detail inside a patch).
+    """
+    pooled = F.adaptive_avg_pool2d(rendered.permute(2, 0, 1)[None], target.shape[:2])[0].permute(1, 2, 0)
+    return weight * (1 - F.cosine_similarity(pooled, target.to(pooled), dim=-1)).mean()

@@ -1,6 +1,6 @@
 """Two-level instance masks (coarse = whole objects, fine = parts) read from a folder.
 
-The contract (DESIGN.md): `DIR/coarse/<image stem>.png` and `DIR/fine/<image stem>.png`, 8- or
+The contract (README, "Masks"): `DIR/coarse/<image stem>.png` and `DIR/fine/<image stem>.png`, 8- or
 16-bit single-channel instance ids, 0 = no mask, the image's size or a uniform rescale of it
 (resized nearest, so ids never blend). Masks follow the image through undistortion with the
 same remap nerfstudio applies to the image, sampled nearest.
@@ -16,7 +16,9 @@ from typing import Optional, Tuple
 import numpy as np
 from PIL import Image
 
-LEVELS = ("coarse", "fine")
+from splatseg_ns.core.features import LEVELS
+from splatseg_ns.core.images import same_aspect
+
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 
 
@@ -50,7 +52,7 @@ def read_instance_map(path: Path, image_hw: Tuple[int, int]) -> np.ndarray:
     h, w = image_hw
     if ids.shape != (h, w):
         mh, mw = ids.shape
-        if abs(mh / h - mw / w) > 0.02 * max(mh / h, mw / w):
+        if not same_aspect((mh, mw), (h, w)):
             raise MaskError(
                 f"{path}: mask is {mw}x{mh} but the image is {w}x{h}, a different aspect ratio. "
                 "Masks must have the image's size (or a uniform rescale of it)."

@@ -8,20 +8,20 @@ drop-in mask source beside `masks.FolderMasks` (same int32 [H, W] maps, 0 = no m
 
 Relies on segment-anything 1.0 (which imports torchvision for `batched_nms`; on CPU-only
 machines `splatseg_ns._torchvision_cpu` makes that import work). Checkpoints come from a local
-path or are downloaded once into the weights folder (`cache.weights_dir()`); offline without one
+path or are downloaded once into the weights folder (`weights.weights_dir()`); offline without one
 the error names the file, where to put it and the flag to pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.cache import WeightsError, resize_nearest, resolve_checkpoint
+from splatseg_ns.core.images import resize_nearest
+from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
 
 # Official checkpoints (segment-anything README).
 SAM_CHECKPOINT_URLS = {
@@ -216,59 +216,11 @@ def _read_state_dict(path: Path) -> Dict[str, Any]:
     return state_dict
 
 
-def build_tiny_sam(img_size: int = 64, embed_dim: int = 32, depth: int = 1, seed: int = 0):
-    """A randomly initialised SAM with the real architecture at toy size, for tests and benchmarks.
-
-    Same modules as `sam_model_registry` builds (ViT image encoder with relative positions,
-    prompt encoder, two-way-transformer mask decoder), but a `img_size` px input, `embed_dim`
-    channels and `depth` encoder blocks: a whole automatic mask generation at 8 points per side
-    takes well under a second on one CPU core. Its masks are meaningless.
-    """
-    import torch
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
-
-    torch.manual_seed(seed)
-    patch = 8
-    prompt_dim = 32
-    model = Sam(
-        image_encoder=ImageEncoderViT(
-            depth=depth,
-            embed_dim=embed_dim,
-            img_size=img_size,
-            mlp_ratio=2,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2,
-            patch_size=patch,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=(depth - 1,),
-            window_size=4,
-            out_chans=prompt_dim,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=prompt_dim,
-            image_embedding_size=(img_size // patch, img_size // patch),
-            input_image_size=(img_size, img_size),
-            mask_in_chans=4,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=prompt_dim, mlp_dim=64, num_heads=2),
-            transformer_dim=prompt_dim,
-            iou_head_depth=2,
-            iou_head_hidden_dim=32,
-        ),
-        pixel_mean=[123.675, 116.28, 103.53],
-        pixel_std=[58.395, 57.12, 57.375],
-    )
-    return model.eval()
-
-
 class SamMasks:
     """SAM as a mask source: `SamMasks(config)(image uint8 [H, W, 3] RGB) -> (coarse, fine)`.
 
     The model is loaded on first use (so a fully cached run never loads it); pass `model` to use
-    one already built (e.g. `build_tiny_sam()` in tests).
+    one already built (e.g. `testing.tiny_models.build_tiny_sam()` in tests).
     """
 
     def __init__(self, config: Optional[SamMaskConfig] = None, device: str = "cpu", model=None):

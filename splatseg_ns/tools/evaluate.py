@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from splatseg_ns.core.images import same_aspect
 from splatseg_ns.core.metrics import mask_metrics, summarise
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun, View
@@ -48,7 +49,7 @@ def read_gt_mask(path: Path, view: View) -> np.ndarray:
         raise RunError(f"{path}: cannot read the ground-truth mask ({err}); write it as a binary PNG.") from err
     fw, fh = view.file_size
     if mask.shape != (fh, fw):
-        if abs(mask.shape[0] / fh - mask.shape[1] / fw) > 0.02 * mask.shape[0] / fh:
+        if not same_aspect(mask.shape, (fh, fw)):
             raise RunError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {fw}x{fh} (another aspect ratio).")
         mask = np.array(Image.fromarray(mask).resize((fw, fh), Image.NEAREST))
     return view.mask_to_render(mask)

@@ -1,0 +1,61 @@
+"""`splatseg select` on a real trained demo run: clicks, negative clicks, names, clicks on background."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from splatseg_ns.tools.select import select_by_view_clicks
+from splatseg_ns.trained_run import RunError
+
+VIEW = "frame_00001.png"
+
+
+def test_negative_click_removes_an_object(run, objects):
+    (a, (click_a, _)), (b, (click_b, _)) = list(objects.items())[:2]
+    both = select_by_view_clicks(run, VIEW, [tuple(click_a), tuple(click_b)])
+    only_a = select_by_view_clicks(run, VIEW, [tuple(click_a)])
+    minus_b = select_by_view_clicks(run, VIEW, [tuple(click_a), tuple(click_b)], [tuple(click_b)])
+    assert len(both.indices) > len(only_a.indices)
+    assert len(set(minus_b.indices) ^ set(only_a.indices)) < 0.05 * len(only_a.indices)
+
+
+def test_text_query_picks_the_candidate_whose_masks_match(run):
+    from splatseg_ns.tools.select import select_by_text_query
+
+    with pytest.raises(RunError, match="no CLIP embeddings"):
+        select_by_text_query(run, "mushroom", encode_text=lambda texts: None)
+    index = run.click_index("coarse")
+    k = index.num_candidates
+    embeddings = torch.eye(k + 2)[:k]  # candidate j "means" word j
+    embeddings[-1] = 0  # a candidate none of whose masks was embedded
+    run.model.candidate_clip_coarse = embeddings
+    try:
+        target = 1 if k > 2 else 0
+        word = lambda texts: (torch.eye(k + 2)[target] + 0.1 * torch.eye(k + 2)[k + 1])[None]  # noqa: E731
+        selection = select_by_text_query(run, "word one", encode_text=word)
+        expected = (index.assignment == target).nonzero().squeeze(-1).tolist()
+        assert selection.indices == expected and selection.prompts["text"] == "word one"
+    finally:
+        run.model.candidate_clip_coarse = torch.zeros(0, 0)
+
+
+def test_click_on_background_names_the_view_and_says_to_click_an_object():
+    from splatseg_ns.tools.select import check_clicks_hit_something
+    from splatseg_ns.trained_run import RunError, View
+
+    camera = SimpleNamespace(width=torch.tensor([32]), height=torch.tensor([24]), distortion_params=None)
+    view = View(name="frame_00001.png", split="train", index=0, image_path=Path("images/frame_00001.png"),
+                camera=camera, file_size=(32, 24), source_camera=camera)
+    accumulation = torch.zeros(24, 32)
+    accumulation[5:15, 5:15] = 0.9
+    check_clicks_hit_something(view, accumulation, [(10, 10)])
+    with pytest.raises(RunError) as err:
+        check_clicks_hit_something(view, accumulation, [(10, 10), (20.5, 3)])
+    assert str(err.value) == ("Click (20.5, 3) on frame_00001.png hits empty background (rendered opacity 0.00); "
+                              "click on the object you want.")
+    with pytest.raises(RunError, match=r"Click \(40, 3\) is outside view frame_00001.png \(32x24 pixels\)"):
+        check_clicks_hit_something(view, accumulation, [(40, 3)])
