@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,53 @@ def write_folder_masks(root: Path, images, skip=()):
 
 def hits(cache: FeatureCache, product: str, images) -> list:
     return [cache.lookup(product, p).hit for p in images]
+
+
+# --------------------------------------------------------------------------- #
+def _rotation(axis_angle: torch.Tensor) -> torch.Tensor:
+    theta = axis_angle.norm()
+    k = axis_angle / theta
+    Kx = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=axis_angle.dtype)
+    return torch.eye(3, dtype=axis_angle.dtype) + torch.sin(theta) * Kx + (1 - torch.cos(theta)) * Kx @ Kx
+
+
+def make_scene(N, W, H, C=1, seed=0, dtype=torch.float64, sh_degree=None, D=3, per_view_colors=False):
+    """`rasterize` arguments: Gaussians in front of (mostly) the first camera, with a few behind it,
+    too near, off-screen, very opaque (alpha clamp, early termination) and large."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda *s: torch.rand(*s, generator=g, dtype=dtype)  # noqa: E731
+    f = 1.1 * W
+    Ks = torch.tensor([[f, 0, 0.47 * W], [0, 1.05 * f, 0.52 * H], [0, 0, 1]], dtype=dtype).repeat(C, 1, 1)
+    z = 1.5 + 4.5 * rnd(N)
+    u = -0.2 * W + 1.4 * W * rnd(N)
+    v = -0.2 * H + 1.4 * H * rnd(N)
+    means = torch.stack([(u - 0.47 * W) / f * z, (v - 0.52 * H) / (1.05 * f) * z, z], -1)
+    if N >= 8:
+        means[0, 2] = -1.0  # behind the camera
+        means[1, 2] = 0.005  # inside the near plane
+        means[2, :2] = torch.tensor([40.0, 0.0], dtype=dtype)  # far off-screen
+    quats = torch.randn(N, 4, generator=g, dtype=dtype)
+    scales = torch.exp(math.log(0.004) + math.log(60.0) * rnd(N, 3)) * z[:, None] / 3
+    opacities = 0.05 + 0.95 * rnd(N)
+    opacities[rnd(N) < 0.2] = 0.99995
+    viewmats = torch.eye(4, dtype=dtype).repeat(C, 1, 1)
+    for c in range(1, C):
+        viewmats[c, :3, :3] = _rotation(0.08 * torch.randn(3, generator=g, dtype=dtype))
+        viewmats[c, :3, 3] = 0.2 * torch.randn(3, generator=g, dtype=dtype)
+    if N >= 50:  # a few large, nearly opaque "walls": alpha clamp and early termination
+        walls = torch.arange(3, 7)
+        means[walls] = torch.tensor([[0.05, -0.02, 2.0], [-0.1, 0.06, 2.5], [0.02, 0.1, 3.0], [0.0, 0.0, 3.5]],
+                                    dtype=dtype)
+        scales[walls] = 0.35 * means[walls, 2:] * (1 + 0.3 * rnd(4, 3))
+        opacities[walls] = 0.99995
+        # large Gaussians centred just off-screen: visible through the Jacobian clamp
+        for i, (uu, vv, zz) in zip((7, 8), ((1.45 * W, 0.3 * H, 2.0), (0.5 * W, -0.6 * H, 2.5))):
+            means[i] = torch.tensor([(uu - 0.47 * W) / f * zz, (vv - 0.52 * H) / (1.05 * f) * zz, zz], dtype=dtype)
+        scales[7:9] = 0.5
+    lead = (C, N) if per_view_colors else (N,)
+    if sh_degree is None:
+        colors = rnd(*lead, D)
+    else:
+        colors = 0.4 * torch.randn(*lead, (sh_degree + 1) ** 2, 3, generator=g, dtype=dtype)
+    return dict(means=means, quats=quats, scales=scales, opacities=opacities, colors=colors,
+                viewmats=viewmats, Ks=Ks, width=W, height=H)

@@ -622,7 +622,8 @@ class _TileComposite(torch.autograd.Function):
         v_aout = _image_to_tiles(v_alpha_img, bins)[..., 0]  # [n_tiles,P]
         v_feats = torch.zeros_like(feats_p)
         v_colors = torch.zeros_like(colors_p)
-        want_abs = ctx.absgrad_target is not None
+        want_geometry = ctx.needs_input_grad[0]  # features of frozen geometry need only d/d colour
+        want_abs = want_geometry and ctx.absgrad_target is not None
         abs_xy = feats_p.new_zeros(feats_p.shape[0], 2) if want_abs else None
         basis = _pixel_moments_basis(ts, feats_p.dtype, feats_p.device)  # [6,P]
         above_max = -_below(-ALPHA_MAX, feats_p.dtype)  # raw < above_max <=> raw <= 0.999
@@ -640,6 +641,8 @@ class _TileComposite(torch.autograd.Function):
                 blk = _composite_block(px, py, f, t_in, done_in)
                 w = blk.alpha * blk.trans[:, :, :-1]
                 v_colors.index_add_(0, idx.reshape(-1), torch.bmm(w.transpose(1, 2), v_c).flatten(0, 1))
+                if not want_geometry:
+                    continue
                 g = torch.bmm(v_c, col.transpose(1, 2))  # [K,P,G]: c_i . v
                 cs = torch.cumsum(w * g, dim=-1)
                 total = cs[:, :, -1]
@@ -683,7 +686,7 @@ class _TileComposite(torch.autograd.Function):
         if want_abs:
             target, rows = ctx.absgrad_target
             target.absgrad.view(-1, 2).index_add_(0, rows, abs_xy[:-1].to(target.absgrad.dtype))
-        return v_feats[:-1], v_colors[:-1], None, None, None, None, None
+        return (v_feats[:-1] if want_geometry else None), v_colors[:-1], None, None, None, None, None
 
 
 def composite_tiles(

@@ -1,0 +1,79 @@
+"""A pixel's contributors computed alone equal the weights a full render blends there; a click through a floater."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from splatseg_ns.core.contributors import click_candidate, pixel_contributors
+from splatseg_ns.core.lifting import rendered_weights
+from splatseg_ns.core.rasterize import rasterize
+from tests.helpers import make_scene
+
+
+def full_render_weights(scene, rasterize_mode="classic"):
+    """[N, H * W]: every Gaussian's weight at every pixel, from the full render (one label per pixel)."""
+    W, H = scene["width"], scene["height"]
+    geometry = {k: scene[k] for k in ("means", "quats", "scales", "opacities", "viewmats", "Ks", "width", "height")}
+
+    def render(values):
+        return rasterize(colors=values, rasterize_mode=rasterize_mode, **geometry)[0][0]
+
+    labels = torch.arange(H * W).reshape(H, W)
+    return rendered_weights(render, scene["means"].shape[0], labels, H * W, dtype=scene["means"].dtype)
+
+
+@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
+def test_contributors_equal_the_full_render_at_every_pixel(rasterize_mode):
+    scene = make_scene(300, 32, 24, seed=3)  # behind the camera, off-screen, opaque walls, huge ones
+    weights = full_render_weights(scene, rasterize_mode)
+    W, H = scene["width"], scene["height"]
+    checked = 0
+    for row in range(H):
+        for column in range(W):
+            found = pixel_contributors(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+                                       scene["viewmats"][0], scene["Ks"][0], W, H, column, row,
+                                       rasterize_mode=rasterize_mode)
+            expected = weights[:, row * W + column]
+            dense = torch.zeros_like(expected)
+            dense[found.ids] = found.weights
+            torch.testing.assert_close(dense, expected, atol=1e-10, rtol=1e-9)
+            assert (expected[found.ids] > 0).all()  # every contributor listed really contributes
+            checked += int(found.ids.numel() > 0)
+    assert checked > 0.5 * W * H
+
+
+def test_contributors_are_front_to_back_and_stop_where_the_render_does():
+    scene = make_scene(300, 32, 24, seed=5)
+    W, H = scene["width"], scene["height"]
+    depth = torch.addmm(scene["viewmats"][0, :3, 3], scene["means"], scene["viewmats"][0, :3, :3].T)[:, 2]
+    opaque_pixels = 0
+    for row in range(0, H, 3):
+        for column in range(0, W, 3):
+            found = pixel_contributors(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
+                                       scene["viewmats"][0], scene["Ks"][0], W, H, column, row)
+            assert (depth[found.ids][1:] >= depth[found.ids][:-1]).all()
+            assert found.opacity <= 1.0
+            opaque_pixels += found.opacity > 0.999
+    assert opaque_pixels > 0  # the walls make some pixels opaque: the stop rule was exercised
+
+
+def test_a_click_through_a_floater_picks_the_object_behind_it():
+    # An opaque object (candidate 2) behind a half-transparent floater that belongs to nothing (-1),
+    # and a faint Gaussian of candidate 0 in front of both.
+    means = torch.tensor([[0.0, 0.0, 1.5], [0.0, 0.0, 2.0], [0.0, 0.0, 4.0], [0.02, 0.0, 4.1]])
+    scales = torch.tensor([[0.05] * 3, [0.2] * 3, [0.5] * 3, [0.5] * 3])
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(4, 1)
+    opacities = torch.tensor([0.1, 0.7, 0.99, 0.99])
+    K = torch.tensor([[40.0, 0, 16], [0, 40.0, 16], [0, 0, 1]])
+    found = pixel_contributors(means, quats, scales, opacities, torch.eye(4), K, 32, 32, 16, 16)
+    assert found.ids.tolist()[:2] == [0, 1] and 2 in found.ids.tolist()
+    assignment = torch.tensor([0, -1, 2, 2])
+    candidate, weight = click_candidate(found, assignment, 3)
+    assert candidate == 2 and weight > found.weights[0]
+    # The floater carries the most weight of any single Gaussian: counted, it would win.
+    assert int(found.ids[found.weights.argmax()]) == 1
+    assert click_candidate(found, torch.tensor([0, 1, 2, 2]), 3)[0] == 1
+    assert click_candidate(found, torch.full((4,), -1), 3) == (-1, 0.0)
+    features = torch.eye(4)
+    torch.testing.assert_close(found.blend(features), torch.zeros(4).index_put_((found.ids,), found.weights))
