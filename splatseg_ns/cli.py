@@ -94,7 +94,8 @@ class Select:
     level: Level = "coarse"
     """coarse: the whole object; fine: the part."""
     threshold: Optional[float] = None
-    """Also require each Gaussian's cosine similarity to the clicked candidate to be at least this."""
+    """Also require each Gaussian to be at least this sure of the clicked segment: the share of its rendered
+    weight on the segment's masks (its vote), or for a run without votes its cosine to the segment's centre."""
     text: Optional[str] = None
     """Select by name instead of clicks (e.g. "mushroom"); needs a run trained with text queries (CLIP)."""
 

@@ -26,6 +26,7 @@ from rich.progress import track
 from splatseg_ns.core import extractors
 from splatseg_ns.core.cache import CachedMasks, FeatureCache
 from splatseg_ns.core.clip_embeddings import ClipConfig
+from splatseg_ns.core.configs import LoadsOlderConfigs
 from splatseg_ns.core.dino_features import DinoConfig
 from splatseg_ns.core.extraction import extract_all
 from splatseg_ns.core.images import check_images_readable
@@ -35,7 +36,7 @@ from splatseg_ns.nerfstudio_compat import image_cache_device
 
 
 @dataclass
-class SplatsegDataManagerConfig(FullImageDatamanagerConfig):
+class SplatsegDataManagerConfig(LoadsOlderConfigs, FullImageDatamanagerConfig):
     """Full images plus coarse/fine instance masks per training image."""
 
     _target: Type = field(default_factory=lambda: SplatsegDataManager)

@@ -6,7 +6,8 @@ Glue only: the method's wiring. What it adds to `SplatfactoModel`:
   carry it along;
 - two stages in one run: colour and geometry on splatfacto's schedule until
   `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian),
-  trained by `core.losses` and `core.global_candidates` (GFL);
+  trained by `core.losses` and `core.global_candidates` (GFL); at the last step every Gaussian
+  votes for its label (`core.lifting`), which selections, segments and exports use;
 - a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.rasterize` on CPU, with
   no `.cuda()` on the path;
 - `self.splatseg`, the web viewer's panel (`viewer.py`), whose display `get_outputs` applies.
@@ -25,13 +26,24 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from torch.nn import Parameter
 
-from splatseg_ns.core.features import init_features, level_dim, level_features
+from splatseg_ns.core.configs import LoadsOlderConfigs
+from splatseg_ns.core.contributors import PixelContributors, pixel_contributors
+from splatseg_ns.core.features import LEVELS, init_features, level_dim, level_features
 from splatseg_ns.core.global_candidates import (
     GFLConfig,
     GlobalCandidates,
     build_global_candidates,
     candidate_embeddings,
     two_level_gfl_loss,
+)
+from splatseg_ns.core.lifting import (
+    VoteConfig,
+    Votes,
+    compact,
+    mask_labels,
+    one_hot_labels,
+    rendered_weights,
+    tally_votes,
 )
 from splatseg_ns.core.losses import (
     check_finite_features,
@@ -43,6 +55,7 @@ from splatseg_ns.core.losses import (
     spatial_smoothness_loss,
     two_level_contrastive_loss,
 )
+from splatseg_ns.core.selection import ClickIndex, precompute_click_index
 from splatseg_ns.nerfstudio_compat import (
     allow_numpy_scalars_in_checkpoints,
     finish_at_max_iterations,
@@ -56,7 +69,7 @@ allow_numpy_scalars_in_checkpoints()
 
 
 @dataclass
-class SplatsegModelConfig(SplatfactoModelConfig):
+class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """Splatfacto with Click-Gaussian segmentation features (arXiv 2407.11793)."""
 
     _target: Type = field(default_factory=lambda: SplatsegModel)
@@ -92,6 +105,8 @@ class SplatsegModelConfig(SplatfactoModelConfig):
     """Weight of the DINO distillation term (1 - cosine between rendered and cached DINO features)."""
     gfl: GFLConfig = field(default_factory=GFLConfig)
     """Global Feature-guided Learning: global candidates from all views, pull/push per Gaussian."""
+    vote: VoteConfig = field(default_factory=VoteConfig)
+    """Mask lifting: every Gaussian's label from its rendered weight in each candidate's masks."""
     rasterizer: Literal["auto", "gsplat", "torch"] = "auto"
     """'auto': gsplat's CUDA kernels on a GPU, the pure-torch rasteriser on CPU."""
 
@@ -127,9 +142,11 @@ class SplatsegModel(SplatfactoModel):
         self.step = 0
         self._neighbours: Optional[torch.Tensor] = None  # kNN of the frozen means, for the smoothness term
         self.candidates: Optional[GlobalCandidates] = None  # GFL's global candidates, once built
-        for level in ("coarse", "fine"):  # their centres (and CLIP embeddings) ride in checkpoints, for the tools
+        for level in LEVELS:  # their centres, CLIP embeddings and the votes ride in checkpoints, for the tools
             self.register_buffer(f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level)))
             self.register_buffer(f"candidate_clip_{level}", torch.zeros(0, 0))
+            self.register_buffer(f"vote_labels_{level}", torch.zeros(0, dtype=torch.long))
+            self.register_buffer(f"vote_share_{level}", torch.zeros(0))
         from splatseg_ns.viewer import SplatsegViewer
 
         self.splatseg = SplatsegViewer(self)  # the viewer panel: click/name selection, display modes, export
@@ -138,9 +155,48 @@ class SplatsegModel(SplatfactoModel):
         return level_dim(level, self.config.seg_feature_dim, self.config.coarse_feature_dim)
 
     def push_margin(self, level: str) -> float:
-        """The level's contrastive push margin tau_l: members of a candidate less similar than this are weak."""
+        """The level's contrastive push margin tau_l."""
         return self.config.margin_coarse if level == "coarse" else self.config.margin_fine
 
+    def has_votes(self, level: str) -> bool:
+        return getattr(self, f"vote_labels_{level}").shape[0] == self.num_points and self.num_points > 0
+
+    def uses_votes(self, level: str) -> bool:
+        """Whether the level's labels are the votes (they are, once computed, unless votes are turned off)."""
+        return self.config.vote.enabled and self.has_votes(level)
+
+    def weak_below(self, level: str) -> float:
+        """Members of a candidate less sure than this are weak (an export drops them): the vote share
+        with votes, else the push margin (features below it are trained as non-members)."""
+        return self.config.vote.weak_share if self.uses_votes(level) else self.push_margin(level)
+
+    @torch.no_grad()
+    def level_index(self, level: str) -> Optional[ClickIndex]:
+        """The level's candidates and every Gaussian's label and how sure it is: its vote (and vote share)
+        when the run has votes, else its nearest candidate in feature space (and cosine). None without
+        candidates."""
+        centers = getattr(self, f"candidate_centers_{level}")
+        if centers.shape[0] == 0:
+            return None
+        if self.uses_votes(level):
+            return ClickIndex.from_assignment(getattr(self, f"vote_labels_{level}"),
+                                              getattr(self, f"vote_share_{level}"), centers)
+        return precompute_click_index(level_features(self.seg_features.detach(), level, self.config.coarse_feature_dim),
+                                      centers)
+
+    @torch.no_grad()
+    def pixel_contributors(self, camera: Cameras, column: int, row: int,
+                           opacities: Optional[torch.Tensor] = None) -> PixelContributors:
+        """The Gaussians blended at pixel (column, row) of `camera`'s render, and their weights (no render).
+        `opacities`: logits to use instead of the Gaussians' own (a display that hides some)."""
+        scales = torch.exp(self.scales)
+        logits = self.opacities if opacities is None else opacities
+        return pixel_contributors(
+            self.means, self.quats, scales, torch.sigmoid(logits).squeeze(-1),
+            world_to_camera(camera.camera_to_worlds.to(self.device))[0], camera.get_intrinsics_matrices()[0].to(self.device),
+            int(camera.width.item()), int(camera.height.item()), column, row, max_scale=scales.amax(dim=-1),
+            rasterize_mode=self.config.rasterize_mode,
+        )
     @property
     def seg_features(self) -> torch.Tensor:
         return self.gauss_params["seg_features"]
@@ -156,9 +212,12 @@ class SplatsegModel(SplatfactoModel):
             dict["gauss_params.seg_features"] = init_features(n, self.config.seg_feature_dim)
         if self.config.dino_feature_dim > 0 and "gauss_params.dino_features" not in dict and "gauss_params.means" in dict:
             dict["gauss_params.dino_features"] = torch.zeros(dict["gauss_params.means"].shape[0], self.config.dino_feature_dim)
-        for level in ("coarse", "fine"):  # candidate counts differ from run to run
-            for key, empty in ((f"candidate_centers_{level}", (0, self._level_dim(level))), (f"candidate_clip_{level}", (0, 0))):
-                dict.setdefault(key, torch.zeros(empty))
+        for level in LEVELS:  # candidate counts differ from run to run, and runs of before the votes have none
+            for key, empty in ((f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level))),
+                               (f"candidate_clip_{level}", torch.zeros(0, 0)),
+                               (f"vote_labels_{level}", torch.zeros(0, dtype=torch.long)),
+                               (f"vote_share_{level}", torch.zeros(0))):
+                dict.setdefault(key, empty)
                 setattr(self, key, torch.zeros_like(dict[key], device=self.device))
         result = super().load_state_dict(dict, **kwargs)
         if self.candidate_centers_coarse.shape[0] or self.candidate_centers_fine.shape[0]:
@@ -219,10 +278,10 @@ class SplatsegModel(SplatfactoModel):
         """GFL's schedule, plus once at the last step so that every checkpoint's candidates are current."""
         since = step - self.config.feature_stage_start - self.config.gfl.start_step
         gfl_refresh = self.gfl_active(step) and self.config.gfl.weight > 0 and since % self.config.gfl.refresh_every == 0
-        if gfl_refresh or (
-            step == last_step and self.in_feature_stage
-        ):
+        if gfl_refresh or (step == last_step and self.in_feature_stage):
             self.refresh_global_candidates(datamanager)
+        if step == last_step and self.in_feature_stage and self.config.vote.enabled:
+            self.compute_votes(datamanager)
 
     def _refuse_diverged_features(self, steps_per_save: int, last_step: int, step: int) -> None:
         """Stop before a checkpoint holds NaN/inf features: nerfstudio keeps only the latest checkpoint, so
@@ -263,6 +322,46 @@ class SplatsegModel(SplatfactoModel):
         self.candidates = candidates.to(self.device)
         self.candidate_centers_coarse = self.candidates.coarse.centers.detach().clone()
         self.candidate_centers_fine = self.candidates.fine.centers.detach().clone()
+        for level in LEVELS:  # votes were cast for the previous candidates
+            setattr(self, f"vote_labels_{level}", torch.zeros(0, dtype=torch.long, device=self.device))
+            setattr(self, f"vote_share_{level}", torch.zeros(0, device=self.device))
+
+    @torch.no_grad()
+    def compute_votes(self, datamanager) -> Dict[str, Votes]:
+        """Mask lifting over every training view (`core.lifting`): each 2D mask maps to the candidate its
+        mean rendered feature is closest to, and each Gaussian's weight on each label is summed; one
+        feature render and one weight pass (both levels at once) per view."""
+        check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
+        cameras = datamanager.train_dataset.cameras
+        centers = {level: getattr(self, f"candidate_centers_{level}") for level in LEVELS}
+        totals = {level: torch.zeros(self.num_points, centers[level].shape[0] + 1, device=self.device) for level in LEVELS}
+        rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
+        for index, data in enumerate(datamanager.cached_train):
+            camera = cameras[index : index + 1].to(self.device)
+            geometry = self._geometry(self.gauss_params.__getitem__, world_to_camera(camera.camera_to_worlds),
+                                      camera.get_intrinsics_matrices().to(self.device), int(camera.width.item()),
+                                      int(camera.height.item()))
+            features = self._render_features(rasterize, geometry, self.seg_features.detach())
+            present, targets = {}, []
+            for level in LEVELS:
+                ids = data[f"{level}_mask"].to(self.device)
+                if ids.shape != features.shape[:2]:
+                    ids = _resize_nearest(ids, *features.shape[:2])
+                labels = mask_labels(ids, level_features(features, level, self.config.coarse_feature_dim),
+                                     centers[level], self.config.vote.min_mask_cos)
+                present[level], local = compact(labels)
+                targets.append(one_hot_labels(local, present[level].numel()))
+            weights = rendered_weights(lambda values, geometry=geometry: self._render_features(rasterize, geometry, values),
+                                       self.num_points, torch.cat(targets, dim=-1))
+            coarse_count = present["coarse"].numel()
+            totals["coarse"][:, present["coarse"]] += weights[:, :coarse_count]
+            totals["fine"][:, present["fine"]] += weights[:, coarse_count:]
+        votes = {}
+        for level in LEVELS:
+            votes[level] = tally_votes(totals[level], self.config.vote.min_weight, self.config.vote.unmasked_bias)
+            setattr(self, f"vote_labels_{level}", votes[level].labels)
+            setattr(self, f"vote_share_{level}", votes[level].share)
+        return votes
 
     def step_post_backward(self, step):
         if not self.in_feature_stage:  # no densification while features train

@@ -11,17 +11,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
+from splatseg_ns.core.contributors import PixelContributors
 from splatseg_ns.core.features import Level, level_features
 from splatseg_ns.core.images import names_image
 from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
-from splatseg_ns.core.selection import ClickIndex, precompute_click_index
+from splatseg_ns.core.selection import ClickIndex
 from splatseg_ns.core.selection_file import fingerprint
 
 
@@ -182,18 +183,6 @@ class TrainedRun:
         """The model's outputs for a view at full resolution (rgb, depth, accumulation, seg_features)."""
         return self.model.get_outputs_for_camera(view.camera)
 
-    @torch.no_grad()
-    def features_at(self, view: View, pixels: Sequence[Sequence[float]], level: Level,
-                    outputs: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
-        """Rendered feature [P, D_level] at pixels (x, y) of the view's image file; a click off the image fails."""
-        outputs = outputs if outputs is not None else self.render(view)
-        features = self.level_features(outputs["seg_features"], level)
-        picked = []
-        for x, y in pixels:
-            column, row = view.render_pixel(x, y)
-            picked.append(features[row, column])
-        return torch.stack(picked) if picked else features.new_zeros(0, features.shape[-1])
-
     def level_features(self, features: torch.Tensor, level: Level) -> torch.Tensor:
         """The channels of `level` (`features.level_features`); an unknown level is a RunError."""
         try:
@@ -206,22 +195,30 @@ class TrainedRun:
         return self.level_features(self.model.seg_features.detach(), level)
 
     def click_index(self, level: Level) -> ClickIndex:
-        """The level's candidates (from the checkpoint; a run without them gets them built from its views)
-        and every Gaussian's assignment to them, computed once per run."""
+        """The level's candidates and every Gaussian's label (`SplatsegModel.level_index`: its vote), once
+        per run. A checkpoint without candidates gets them built from its views, one without votes gets
+        them cast (a run trained before the votes existed, or saved before its last step)."""
         if level not in self._click_indices:
-            features = self.gaussian_features(level)
-            centers = getattr(self.model, f"candidate_centers_{level}")
-            if centers.shape[0] == 0:
+            self.gaussian_features(level)  # refuses diverged features, naming the run
+            model = self.model
+            if getattr(model, f"candidate_centers_{level}").shape[0] == 0:
                 print("This run's checkpoint holds no global candidates; building them from the training views...")
-                self.model.refresh_global_candidates(self.pipeline.datamanager)
-                centers = getattr(self.model, f"candidate_centers_{level}")
-            if centers.shape[0] == 0:
+                model.refresh_global_candidates(self.pipeline.datamanager)
+            if getattr(model, f"candidate_centers_{level}").shape[0] == 0:
                 raise RunError(
                     f"No {level} global candidates could be built for {self.config_path}: the features do not form "
                     "clusters. Train the feature stage longer (--max-num-iterations) or check the masks."
                 )
-            self._click_indices[level] = precompute_click_index(features, centers)
+            if model.config.vote.enabled and not model.has_votes(level):
+                print("This run's checkpoint holds no votes; casting them over the training views...")
+                model.compute_votes(self.pipeline.datamanager)
+            self._click_indices[level] = model.level_index(level)
         return self._click_indices[level]
+
+    def pixel_contributors(self, view: View, x: float, y: float) -> PixelContributors:
+        """The Gaussians blended at pixel (x, y) of the view's image file, and their weights (no render)."""
+        column, row = view.render_pixel(x, y)
+        return self.model.pixel_contributors(view.camera, column, row)
 
     def check_features_finite(self, name: str = "seg_features") -> None:
         """A run whose features diverged (NaN/inf) would select or export arbitrary segments: refuse, naming

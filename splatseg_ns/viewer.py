@@ -58,13 +58,13 @@ from torch import nn
 
 from splatseg_ns.core import display
 from splatseg_ns.core.clip_embeddings import clip_text_encoder
+from splatseg_ns.core.contributors import click_candidate
 from splatseg_ns.core.export import export_selection
 from splatseg_ns.core.features import LEVELS, level_features
 from splatseg_ns.core.ply import segment_colours
 from splatseg_ns.core.selection import (
     MIN_CLICK_OPACITY,
     ClickIndex,
-    precompute_click_index,
     select_by_text,
     select_prompts,
 )
@@ -162,7 +162,8 @@ class SplatsegViewer(nn.Module):
             "Click mode", "add", ["add", "subtract"], hint="Whether the next click adds its segment or removes it."))
         self._threshold = click.add(ViewerSlider(
             "Similarity threshold", 0.0, 0.0, 1.0, 0.05, cb_hook=lambda _: self._guarded(self._report),
-            hint="Keep only Gaussians whose cosine to their segment's centre is at least this; 0 keeps all."))
+            hint="Keep only Gaussians at least this sure of their segment: the share of their rendered weight on its "
+                 "masks (their vote), or before the votes are cast their cosine to its centre; 0 keeps all."))
         self._name = click.add(ViewerText(
             "Name", "", hint="What to select by name, e.g. 'mushroom' (runs trained with --pipeline.datamanager."
                              "text-queries True). It replaces the selection; clicks then add or subtract."))
@@ -248,29 +249,36 @@ class SplatsegViewer(nn.Module):
         return bool(self._positive or self._negative or self._text_embedding is not None)
 
     def _model_version(self, level: str) -> tuple:
-        """Changes whenever the Gaussians or their candidates may have (training steps, densification, GFL refresh)."""
+        """Changes whenever the Gaussians, their candidates or votes may have (training steps, densification,
+        GFL refresh, votes cast)."""
         model = self._model
-        centers = getattr(model, f"candidate_centers_{level}")
-        return (int(getattr(model, "step", 0)), model.num_points, centers.data_ptr(), tuple(centers.shape))
+        centers, votes = getattr(model, f"candidate_centers_{level}"), getattr(model, f"vote_labels_{level}")
+        return (int(getattr(model, "step", 0)), model.num_points, centers.data_ptr(), tuple(centers.shape),
+                votes.data_ptr(), tuple(votes.shape))
 
     def _click_index(self, level: str) -> Optional[ClickIndex]:
-        """The level's ClickIndex (candidates and every Gaussian's assignment), built once per model version."""
+        """The level's ClickIndex (`SplatsegModel.level_index`), built once per model version."""
         key = ("index", level, self._model_version(level))
         if key not in self._cache:
-            centers = getattr(self._model, f"candidate_centers_{level}")
-            if centers.shape[0] == 0:
-                return None
             self._cache = {k: v for k, v in self._cache.items() if k[:2] != ("index", level)}
-            self._cache[key] = precompute_click_index(self._gaussian_features(level), centers)
+            self._cache[key] = self._model.level_index(level)
         return self._cache[key]  # type: ignore[return-value]
 
     def _gaussian_features(self, level: str) -> torch.Tensor:
         return level_features(self._model.seg_features.detach(), level, self._model.config.coarse_feature_dim)
 
-    def _clicked(self, features: List[torch.Tensor], level: str) -> Optional[torch.Tensor]:
-        if not features:
-            return None
-        return level_features(torch.stack(features), level, self._model.config.coarse_feature_dim)
+    def _clicked(self, level: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """(positive features, negative features, candidates positive first) of the clicks at `level`: what
+        their pixels' contributors blend, and the candidate they carry most weight for."""
+        if not self._positive and not self._negative:
+            return None, None, None
+        features, index = self._gaussian_features(level), self._click_index(level)
+        clicks = [*self._positive, *self._negative]
+        blended = torch.stack([found.blend(features) for found in clicks])
+        ids = None if index is None else torch.tensor(
+            [click_candidate(found, index.assignment, index.num_candidates)[0] for found in clicks])
+        split = len(self._positive)
+        return blended[:split], (blended[split:] if self._negative else None), ids
 
     @torch.no_grad()
     def selected(self) -> torch.Tensor:
@@ -278,9 +286,9 @@ class SplatsegViewer(nn.Module):
         level, threshold = self.level, self._threshold_value()
         key = ("selected", level, threshold, self._prompt_version, self._model_version(level))
         if key not in self._cache:
-            selected = select_prompts(self._click_index(level), self._gaussian_features(level),
-                                      self._clicked(self._positive, level), self._clicked(self._negative, level),
-                                      self._named_candidates(level), threshold)
+            positive, negative, click_ids = self._clicked(level)
+            selected = select_prompts(self._click_index(level), self._gaussian_features(level), positive, negative,
+                                      self._named_candidates(level), threshold, click_ids=click_ids)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "selected"}
             self._cache[key] = selected
         return self._cache[key]  # type: ignore[return-value]
@@ -366,16 +374,22 @@ class SplatsegViewer(nn.Module):
         """Click pixel (x, y) of `camera` as shown: add (or subtract) the segment there. False on background."""
         subtract = self._mode.value == "subtract" if subtract is None else subtract
         start = time.perf_counter()
-        outputs = self.render(camera)
-        column, row = int(x), int(y)
-        feature = outputs["seg_features"][row, column].detach().clone()
-        opacity = float(outputs["accumulation"][row, column, 0])  # syncs, so the time below is the render's
-        rendered = time.perf_counter()
+        with self.shown():  # what the user sees: hidden Gaussians are not clicked
+            shown_opacities = self.display_overrides().get("opacities")
+        found = self._model.pixel_contributors(camera.to(self._model.device), int(x), int(y), shown_opacities)
+        opacity = found.opacity  # syncs, so the time below is the pixel's
+        reached = time.perf_counter()
         if opacity < MIN_CLICK_OPACITY:
-            self._set(self._timing, f"feature at the pixel {1000 * (rendered - start):.1f} ms")
+            self._set(self._timing, f"the pixel's Gaussians {1000 * (reached - start):.1f} ms")
             self._say(f"That is empty background (rendered opacity {opacity:.2f}): click on an object.")
             return False
-        (self._negative if subtract else self._positive).append(feature)
+        index = self._click_index(self.level)
+        if index is not None and click_candidate(found, index.assignment, index.num_candidates)[0] < 0:
+            self._set(self._timing, f"the pixel's Gaussians {1000 * (reached - start):.1f} ms")
+            self._say("That pixel shows only Gaussians that belong to no segment (background no mask covered, or "
+                      "floaters): click on an object.")
+            return False
+        (self._negative if subtract else self._positive).append(found)
         self._prompt_version += 1
         width, height = int(camera.width.item()), int(camera.height.item())
         self._screen.append(("subtract" if subtract else "add", screen_pos or [x / width, y / height]))
@@ -383,9 +397,9 @@ class SplatsegViewer(nn.Module):
         if selected.is_cuda:
             torch.cuda.synchronize(selected.device)
         done = time.perf_counter()
-        features_ms, selection_ms = self.last_click_ms = (1000 * (rendered - start), 1000 * (done - rendered))
-        self._set(self._timing, f"{features_ms + selection_ms:.1f} ms = feature at the pixel {features_ms:.1f} ms "
-                                f"(a {width}x{height} render) + selection {selection_ms:.2f} ms")
+        pixel_ms, selection_ms = self.last_click_ms = (1000 * (reached - start), 1000 * (done - reached))
+        self._set(self._timing, f"{pixel_ms + selection_ms:.1f} ms = the pixel's Gaussians {pixel_ms:.1f} ms "
+                                f"+ selection {selection_ms:.2f} ms")
         self._report()
         return True
 
@@ -542,6 +556,6 @@ class SplatsegViewer(nn.Module):
         written = export_selection(output, selection, path, fingerprint(model.means), model.gauss_params,
                                    model.config.sh_degree,
                                    similarity=None if index is None else (lambda: index.similarity),
-                                   margin=model.push_margin(selection.level), invert=invert)
+                                   margin=model.weak_below(selection.level), invert=invert)
         self._set(self._written, f"{output.name} ({written} Gaussians), in {output.parent}")
         return output

@@ -169,6 +169,7 @@ def test_a_config_written_before_the_layout_change_still_loads():
     from splatseg_ns.core.clip_embeddings import ClipConfig
     from splatseg_ns.core.dino_features import DinoConfig
     from splatseg_ns.core.global_candidates import GFLConfig
+    from splatseg_ns.core.lifting import VoteConfig
     from splatseg_ns.core.sam_masks import SamMaskConfig
     from splatseg_ns.datamanager import SplatsegDataManager, SplatsegDataManagerConfig
 
@@ -181,4 +182,5 @@ def test_a_config_written_before_the_layout_change_still_loads():
     assert isinstance(datamanager.sam, SamMaskConfig) and isinstance(datamanager.clip_config, ClipConfig)
     assert isinstance(datamanager.dino_config, DinoConfig)
     assert (model.margin_coarse, model.margin_fine, model.feature_stage_start) == (0.5, 0.75, 250)
+    assert model.vote == VoteConfig()  # a field added since: its default
     assert config.max_num_iterations == 400 and config.method_name == "splatseg"

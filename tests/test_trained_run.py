@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from splatseg_ns.core.losses import NonFiniteFeaturesError
+from splatseg_ns.trained_run import RunError, TrainedRun
 
 
 def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
@@ -16,11 +16,9 @@ def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Te
     return features
 
 
-def test_select_tool_refuses_nan_features():
-    from splatseg_ns.trained_run import TrainedRun
-
-    features = features_with_nan()
-    run = SimpleNamespace(model=SimpleNamespace(candidate_centers_coarse=torch.eye(12)[:3]),
-                          gaussian_features=lambda level: features[:, :12], _click_indices={})
-    with pytest.raises(NonFiniteFeaturesError, match="2 of 100 Gaussians have NaN/inf"):
-        TrainedRun.click_index(run, "coarse")
+def test_select_tool_refuses_nan_features(tmp_path):
+    run = TrainedRun.__new__(TrainedRun)
+    run.config_path, run.step, run._click_indices = tmp_path / "config.yml", 3999, {}
+    run.model = SimpleNamespace(gauss_params={"seg_features": features_with_nan()}, candidate_centers_coarse=torch.eye(12)[:3])
+    with pytest.raises(RunError, match="2 of 100 Gaussians have NaN/inf"):
+        run.click_index("coarse")

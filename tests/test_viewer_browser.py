@@ -240,7 +240,7 @@ def test_click_an_object_in_the_browser_then_show_save_and_export_it(viewer, tra
             assert changed[background_core].mean() < 0.01, "the background changed"
             status = view.panel_text("Status")
             assert re.match(r"\d+ of \d+ Gaussians selected \(coarse\)", status), status
-            assert re.match(r"[\d.]+ ms = feature at the pixel [\d.]+ ms", view.panel_text("Click time"))
+            assert re.match(r"[\d.]+ ms = the pixel's Gaussians [\d.]+ ms", view.panel_text("Click time"))
 
             page.get_by_label("Show", exact=True).click()
             page.get_by_role("option", name="selection only").click()

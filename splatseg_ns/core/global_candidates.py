@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from splatseg_ns.core.configs import LoadsOlderConfigs
 from splatseg_ns.core.features import LEVELS, level_dim, level_features
 
 
 @dataclass
-class GFLConfig:
+class GFLConfig(LoadsOlderConfigs):
     """Global Feature-guided Learning, Click-Gaussian Sec. 3.3.
 
     - From `start_step` steps into the feature stage, every `refresh_every` steps, render all

@@ -7,10 +7,11 @@ of it). Summed over all training views, the weight a Gaussian puts on the pixels
 are best reproduced by giving each Gaussian the label it carries most weight for (the solution
 of FlashSplat's linear program is that argmax).
 
-- `rendered_weights` computes those sums for one view in one no-grad-of-the-geometry pass: the
-  render is linear in the per-Gaussian colours, so the gradient of sum(one_hot(labels) * render)
-  with respect to colour channel l of Gaussian i is exactly the weight i puts on pixels of label
-  l. Any differentiable rasteriser does it (gsplat's CUDA kernels, `rasterize` on a CPU).
+- `rendered_weights` computes those sums for one view in one pass, the geometry fixed: the render
+  is linear in the per-Gaussian values, so the gradient of sum(target * render) with respect to
+  value channel l of Gaussian i is exactly the weight i puts on the pixels where target channel l
+  is 1 (`one_hot_labels`). Any differentiable rasteriser does it (gsplat's CUDA kernels,
+  `rasterize` on a CPU); both levels of a view go through one backward.
 - `mask_labels` turns one view's instance map into per-pixel labels: each 2D mask maps to the
   global candidate its mean rendered feature is closest to (the way GFL maps masks), when it is
   close enough; a mask no candidate describes casts no vote; unmasked pixels vote "nothing".
@@ -27,8 +28,33 @@ from typing import Callable, Tuple
 import torch
 import torch.nn.functional as F
 
+from splatseg_ns.core.configs import LoadsOlderConfigs
+
 IGNORE = -1
 """Label of pixels that cast no vote (masks no candidate describes)."""
+
+
+@dataclass
+class VoteConfig(LoadsOlderConfigs):
+    """Mask lifting (FlashSplat, arXiv 2409.08270): every Gaussian's label from its rendered weight in
+    each global candidate's 2D masks, computed once the features are trained (and by the tools for a
+    run that has none). A Gaussian mostly seen on unmasked pixels, or never seen, belongs to no
+    candidate; where the vote and the feature disagree, the vote decides."""
+
+    enabled: bool = True
+    """Label the Gaussians by their votes for selections, segments and exports; off: by their nearest
+    candidate in feature space (Click-Gaussian's assignment)."""
+    min_mask_cos: float = 0.8
+    """A 2D mask votes for the candidate its mean rendered feature is closest to when their cosine is at
+    least this; a mask no candidate describes that well casts no vote."""
+    unmasked_bias: float = 1.0
+    """A Gaussian belongs to no candidate when this times its weight on unmasked pixels is at least its
+    weight on its best candidate's masks (below 1: the benefit of the doubt goes to objects)."""
+    min_weight: float = 1e-3
+    """Total rendered weight over all training views below which a Gaussian counts as never seen."""
+    weak_share: float = 0.5
+    """An exported object drops the members whose label holds less than this share of their rendered
+    weight (ambiguous Gaussians on the border of several segments), unless --keep-weak."""
 
 
 @dataclass(frozen=True)
@@ -44,20 +70,26 @@ class Votes:
     share: torch.Tensor
 
 
-def rendered_weights(render: Callable[[torch.Tensor], torch.Tensor], num_gaussians: int, labels: torch.Tensor,
-                     num_labels: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """[N, num_labels]: per Gaussian, the sum over the pixels of each label of its weight alpha_i T_i.
+def one_hot_labels(labels: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """[H, W, num_labels] float: 1 at each pixel's label, nothing for IGNORE."""
+    if num_labels == 0:
+        return torch.zeros(*labels.shape, 0, device=labels.device)
+    counted = labels >= 0
+    return F.one_hot(labels.clamp(min=0).long(), num_labels).float() * counted[..., None]
+
+
+def rendered_weights(render: Callable[[torch.Tensor], torch.Tensor], num_gaussians: int, target: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[N, C]: per Gaussian, the sum over pixels of target[p, c] times its weight alpha_i T_i at p.
 
     render: per-Gaussian values [N, C] -> image [H, W, C], alpha-blended with fixed geometry and
-    differentiable in the values; labels [H, W] long in [0, num_labels), IGNORE for pixels that
-    count for no label. dtype: the geometry's.
+    differentiable in the values; target [H, W, C], e.g. `one_hot_labels` (then column c is the
+    weight each Gaussian puts on the pixels of label c). dtype: the geometry's.
     """
-    values = torch.zeros(num_gaussians, num_labels, device=labels.device, dtype=dtype, requires_grad=True)
+    values = torch.zeros(num_gaussians, target.shape[-1], device=target.device, dtype=dtype, requires_grad=True)
     with torch.enable_grad():
         image = render(values)
-        counted = labels >= 0
-        target = F.one_hot(labels.clamp(min=0).long(), num_labels).to(image.dtype) * counted[..., None]
-        (weights,) = torch.autograd.grad(image, values, grad_outputs=target.reshape(image.shape))
+        (weights,) = torch.autograd.grad(image, values, grad_outputs=target.to(image.dtype).reshape(image.shape))
     return weights.detach()
 
 

@@ -89,11 +89,15 @@ class ClickIndex:
         negative_features: Optional[torch.Tensor] = None,
         threshold: Optional[float] = None,
         features: Optional[torch.Tensor] = None,
+        click_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """bool [N]: the Gaussians of the candidates the positive clicks pick, minus the negatives'.
 
         positive_features [P, D_level], negative_features [Q, D_level]: rendered features at the
-        clicked pixels. threshold: also require cosine to the assigned candidate >= threshold.
+        clicked pixels. click_ids [P + Q]: each click's candidate (positive clicks first; -1 for
+        none), when the caller knows it (`contributors.click_candidate`: the candidate the pixel's
+        Gaussians carry most weight for); else each click picks the candidate nearest to its
+        feature. threshold: also require similarity to the assigned candidate >= threshold.
         Conflicts (a negative click on a candidate that a positive click also picked): the
         negative wins and the whole candidate is dropped, because a candidate is the unit of
         selection and the user said that pixel is not the object (switch to the fine level to
@@ -118,13 +122,21 @@ class ClickIndex:
             raise ValueError("a similarity threshold needs the per-Gaussian similarity")
         if num_candidates == 0 or num_positive == 0:
             return torch.zeros(self.assignment.shape, dtype=torch.bool, device=device)
-        clicks = torch.cat([positive, negative]) if num_negative > 0 else positive
-        click_ids = (clicks.float() @ self.unit_centers.T).argmax(dim=-1)
+        if click_ids is None:
+            clicks = torch.cat([positive, negative]) if num_negative > 0 else positive
+            click_ids = (clicks.float() @ self.unit_centers.T).argmax(dim=-1)
+        else:
+            click_ids = click_ids.reshape(-1).long().to(device)
+            if click_ids.numel() != num_positive + num_negative:
+                raise ValueError(f"{click_ids.numel()} click candidates for {num_positive + num_negative} clicks")
+            valid = (click_ids >= 0) & (click_ids < num_candidates)
+            click_ids = torch.where(valid, click_ids, torch.full_like(click_ids, num_candidates))
         positive_ids, negative_ids = click_ids[:num_positive], click_ids[num_positive:]
         table = torch.zeros(num_candidates + 1, dtype=torch.bool, device=device)
         table.index_fill_(0, positive_ids, True)
         if num_negative > 0:
             table.index_fill_(0, negative_ids, False)
+        table[num_candidates] = False  # clicks on no candidate, and unassigned Gaussians: nothing
         selected = table.index_select(0, self.slots)
         if threshold is not None:
             selected &= self.similarity >= threshold
@@ -144,10 +156,10 @@ class ClickIndex:
     ) -> None:
         """Add to `selected` the Gaussians of each conflicted candidate that are strictly closer to a
         positive click on that candidate than to every negative click on it (ties: negative)."""
-        hit = torch.zeros(2, self.num_candidates, dtype=torch.bool, device=selected.device)
+        hit = torch.zeros(2, self.num_candidates + 1, dtype=torch.bool, device=selected.device)
         hit[0].index_fill_(0, positive_ids, True)
         hit[1].index_fill_(0, negative_ids, True)
-        conflicted = (hit[0] & hit[1]).nonzero().squeeze(-1).tolist()  # the one host sync
+        conflicted = (hit[0, :-1] & hit[1, :-1]).nonzero().squeeze(-1).tolist()  # the one host sync
         for candidate in conflicted:
             members = self.assignment == candidate
             if threshold is not None:
@@ -283,16 +295,18 @@ def select_prompts(
     negative: Optional[torch.Tensor] = None,
     named: Optional[torch.Tensor] = None,
     threshold: Optional[float] = None,
+    click_ids: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """bool [N]: what clicks and a name select together at one level, with or without candidates.
 
     index: the level's `ClickIndex`, None when the run has no global candidates yet; features
     [N, D_level]: the Gaussians' features of the level; positive / negative [P, D_level]: the
-    rendered features at the clicked pixels; named: candidate ids a phrase picked
-    (`select_by_text`). With candidates, the positive clicks add their candidates and the
-    negative ones remove theirs (`ClickIndex.select`, conflicts split by `features`), and the
-    named candidates join, minus what the negative clicks remove. Without candidates only clicks
-    can select: raw cosine to them (`select_by_similarity`, `threshold` or 0.8).
+    rendered features at the clicked pixels; click_ids: their candidates, positive first
+    (`ClickIndex.select`); named: candidate ids a phrase picked (`select_by_text`). With
+    candidates, the positive clicks add their candidates and the negative ones remove theirs
+    (conflicts split by `features`), and the named candidates join, minus what the negative
+    clicks remove. Without candidates only clicks can select: raw cosine to them
+    (`select_by_similarity`, `threshold` or 0.8).
     """
     selected = torch.zeros(features.shape[0], dtype=torch.bool, device=features.device)
     if index is None:
@@ -300,12 +314,14 @@ def select_prompts(
             selected = select_by_similarity(features, positive, negative,
                                             threshold=threshold if threshold is not None else SIMILARITY_FALLBACK_THRESHOLD)
         return selected
-    if positive is not None and positive.shape[0] > 0:
-        selected = index.select(positive, negative, threshold, features=features)
+    num_positive = 0 if positive is None else positive.shape[0]
+    if num_positive > 0:
+        selected = index.select(positive, negative, threshold, features=features, click_ids=click_ids)
     if named is not None and named.numel() > 0:
         by_name = select_candidates(index.assignment, named, index.num_candidates, index.similarity, threshold)
         if negative is not None and negative.shape[0] > 0:
-            by_name &= ~index.select(negative, None, threshold)
+            negative_ids = None if click_ids is None else click_ids[num_positive:]
+            by_name &= ~index.select(negative, None, threshold, click_ids=negative_ids)
         selected |= by_name
     return selected
 

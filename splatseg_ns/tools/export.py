@@ -27,7 +27,7 @@ def export_selection(run: TrainedRun, selection: Selection, source: Path, output
     level = selection.level
     return core_export.export_selection(
         output, selection, source, run.fingerprint, run.model.gauss_params, run.model.config.sh_degree,
-        similarity=lambda: run.click_index(level).similarity, margin=run.model.push_margin(level),
+        similarity=lambda: run.click_index(level).similarity, margin=run.model.weak_below(level),
         invert=invert, keep_weak=keep_weak,
     )
 

@@ -1,10 +1,12 @@
 """`splatseg select`: Gaussians by clicks on a view, or by name.
 
-A click's rendered feature picks the nearest global candidate of the level (Click-Gaussian,
-Sec. 3.4); a name picks the candidate whose masks' CLIP embeddings match it best. Positive
-clicks add candidates, negative ones remove them (a candidate hit by both is split by which
-click each of its Gaussians is closer to); `core.selection.select_prompts` is the rule, the one
-the viewer uses too. The result is a selection file for `splatseg export`.
+A click picks the candidate that the Gaussians blended at its pixel carry most weight for
+(`core.contributors`, computed for that one pixel, no render), leaving out the Gaussians that
+belong to no candidate, so a floater in front of an object cannot steal the click; a name picks
+the candidate whose masks' CLIP embeddings match it best. Positive clicks add candidates,
+negative ones remove them (a candidate hit by both is split by which click each of its Gaussians
+is closer to); `core.selection.select_prompts` is the rule, the one the viewer uses too. The
+result is a selection file for `splatseg export`.
 """
 
 from __future__ import annotations
@@ -14,23 +16,33 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 
 from splatseg_ns.core.clip_embeddings import clip_text_encoder
+from splatseg_ns.core.contributors import PixelContributors, click_candidate
 from splatseg_ns.core.features import Level
-from splatseg_ns.core.selection import MIN_CLICK_OPACITY, select_by_text, select_prompts
+from splatseg_ns.core.selection import MIN_CLICK_OPACITY, ClickIndex, select_by_text, select_prompts
 from splatseg_ns.core.selection_file import Selection
 from splatseg_ns.trained_run import RunError, TrainedRun, View
 
 Pixel = Tuple[float, float]
 
 
-def check_clicks_hit_something(view: View, accumulation: torch.Tensor, clicks: Sequence[Pixel]) -> None:
-    for x, y in clicks:
-        column, row = view.render_pixel(x, y)
-        opacity = float(accumulation[row, column])
-        if opacity < MIN_CLICK_OPACITY:
-            raise RunError(
-                f"Click ({x}, {y}) on {view.name} hits empty background (rendered opacity {opacity:.2f}); "
-                "click on the object you want."
-            )
+def check_click_hits(view: View, pixel: Pixel, contributors: PixelContributors) -> None:
+    """A RunError when a click on `pixel` of `view` hits empty background."""
+    if contributors.opacity < MIN_CLICK_OPACITY:
+        raise RunError(
+            f"Click ({pixel[0]}, {pixel[1]}) on {view.name} hits empty background (rendered opacity "
+            f"{contributors.opacity:.2f}); click on the object you want."
+        )
+
+
+def clicked_candidate(view: View, pixel: Pixel, contributors: PixelContributors, index: ClickIndex) -> int:
+    """The candidate a click on `pixel` of `view` picks; a RunError when it hits only Gaussians that
+    belong to no segment."""
+    x, y = pixel
+    candidate, _ = click_candidate(contributors, index.assignment, index.num_candidates)
+    if candidate < 0:
+        raise RunError(f"Click ({x}, {y}) on {view.name} hits only Gaussians that belong to no segment (background "
+                       "no mask covered, or floaters); click on the object you want.")
+    return candidate
 
 
 def select_by_view_clicks(
@@ -45,13 +57,16 @@ def select_by_view_clicks(
     if not positive:
         raise RunError("Give at least one positive click (--click X Y).")
     view = run.view(view_name)
-    outputs = run.render(view)
-    check_clicks_hit_something(view, outputs["accumulation"][..., 0], [*positive, *negative])
+    clicks = [run.pixel_contributors(view, x, y) for x, y in [*positive, *negative]]
+    for pixel, found in zip([*positive, *negative], clicks):
+        check_click_hits(view, pixel, found)
     index = run.click_index(level)
-    positive_features = run.features_at(view, positive, level, outputs)
-    negative_features = run.features_at(view, negative, level, outputs) if negative else None
-    selected = select_prompts(index, run.gaussian_features(level), positive_features, negative_features,
-                              threshold=threshold)
+    features = run.gaussian_features(level)
+    click_ids = torch.tensor([clicked_candidate(view, pixel, found, index)
+                              for pixel, found in zip([*positive, *negative], clicks)])
+    blended = torch.stack([found.blend(features) for found in clicks])  # the clicks' rendered features
+    selected = select_prompts(index, features, blended[: len(positive)], blended[len(positive):] if negative else None,
+                              threshold=threshold, click_ids=click_ids)
     indices: List[int] = selected.nonzero().squeeze(-1).cpu().tolist()
     prompts = {"view": view.name, "positive": [list(p) for p in positive], "negative": [list(p) for p in negative],
                "threshold": threshold}

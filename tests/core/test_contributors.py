@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from splatseg_ns.core.contributors import click_candidate, pixel_contributors
-from splatseg_ns.core.lifting import rendered_weights
+from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
 from splatseg_ns.core.rasterize import rasterize
 from tests.helpers import make_scene
 
@@ -20,7 +20,8 @@ def full_render_weights(scene, rasterize_mode="classic"):
         return rasterize(colors=values, rasterize_mode=rasterize_mode, **geometry)[0][0]
 
     labels = torch.arange(H * W).reshape(H, W)
-    return rendered_weights(render, scene["means"].shape[0], labels, H * W, dtype=scene["means"].dtype)
+    target = one_hot_labels(labels, H * W)
+    return rendered_weights(render, scene["means"].shape[0], target, dtype=scene["means"].dtype)
 
 
 @pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splatseg_ns.core.lifting import IGNORE, compact, mask_labels, rendered_weights, tally_votes
+from splatseg_ns.core.lifting import IGNORE, compact, mask_labels, one_hot_labels, rendered_weights, tally_votes
 from splatseg_ns.core.rasterize import rasterize
 
 
@@ -32,7 +32,7 @@ def test_a_gaussian_behind_another_gets_weight_only_where_it_is_visible():
     labels = torch.full((32, 32), IGNORE)
     labels[radius < 2] = 0
     labels[(radius > 12) & (radius < 15)] = 1
-    weights = rendered_weights(render, 2, labels, 2)
+    weights = rendered_weights(render, 2, one_hot_labels(labels, 2))
     # By definition: the weight a Gaussian puts on label l is the sum of its alpha * T over those pixels.
     alpha = rasterize(colors=torch.eye(2), **geometry)[0][0]  # channel i = weight of Gaussian i per pixel
     for label in (0, 1):

@@ -39,7 +39,7 @@ def nan_run(tmp_path: Path):
     run = TrainedRun.__new__(TrainedRun)
     run.fingerprint, run.config_path, run.step = "100:aaaaaaaaaaaaaaaa", tmp_path / "config.yml", 3999
     run.model = SimpleNamespace(gauss_params={"seg_features": features_with_nan()}, config=SimpleNamespace(sh_degree=0),
-                                push_margin=lambda level: 0.5)
+                                weak_below=lambda level: 0.5)
     run._click_indices = {}
     return run
 
@@ -133,7 +133,7 @@ def test_selection_of_another_run_names_both_runs_and_writes_nothing(tmp_path):
         "after further training). Use it with the run it was made on (--load-config /runs/a/config.yml), or select "
         "again on this run with `splatseg select --load-config ...`."
     )
-    model = SimpleNamespace(gauss_params={}, config=SimpleNamespace(sh_degree=0), push_margin=lambda level: 0.5)
+    model = SimpleNamespace(gauss_params={}, config=SimpleNamespace(sh_degree=0), weak_below=lambda level: 0.5)
     run = SimpleNamespace(fingerprint="10:cccccccccccccccc", model=model)  # as many Gaussians, other positions
     output = tmp_path / "object.ply"
     output.write_bytes(b"an earlier export")

@@ -44,18 +44,24 @@ def test_text_query_picks_the_candidate_whose_masks_match(run):
 
 
 def test_click_on_background_names_the_view_and_says_to_click_an_object():
-    from splatseg_ns.tools.select import check_clicks_hit_something
-    from splatseg_ns.trained_run import RunError, View
+    from splatseg_ns.core.contributors import PixelContributors
+    from splatseg_ns.tools.select import check_click_hits
+    from splatseg_ns.trained_run import RunError, TrainedRun, View
 
     camera = SimpleNamespace(width=torch.tensor([32]), height=torch.tensor([24]), distortion_params=None)
     view = View(name="frame_00001.png", split="train", index=0, image_path=Path("images/frame_00001.png"),
                 camera=camera, file_size=(32, 24), source_camera=camera)
-    accumulation = torch.zeros(24, 32)
-    accumulation[5:15, 5:15] = 0.9
-    check_clicks_hit_something(view, accumulation, [(10, 10)])
+
+    def contributors(camera, column, row):  # an object on [5, 15)^2 of opacity 0.9, nothing elsewhere
+        weight = 0.9 if 5 <= column < 15 and 5 <= row < 15 else 0.0
+        return PixelContributors(torch.tensor([0]), torch.tensor([weight]))
+
+    run = TrainedRun.__new__(TrainedRun)
+    run.model = SimpleNamespace(pixel_contributors=contributors)
+    check_click_hits(view, (10, 10), run.pixel_contributors(view, 10, 10))
     with pytest.raises(RunError) as err:
-        check_clicks_hit_something(view, accumulation, [(10, 10), (20.5, 3)])
+        check_click_hits(view, (20.5, 3), run.pixel_contributors(view, 20.5, 3))
     assert str(err.value) == ("Click (20.5, 3) on frame_00001.png hits empty background (rendered opacity 0.00); "
                               "click on the object you want.")
     with pytest.raises(RunError, match=r"Click \(40, 3\) is outside view frame_00001.png \(32x24 pixels\)"):
-        check_clicks_hit_something(view, accumulation, [(40, 3)])
+        run.pixel_contributors(view, 40, 3)
