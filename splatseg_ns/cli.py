@@ -29,22 +29,29 @@ def _fail(err: Exception) -> None:
 
 @dataclass
 class DemoData:
-    """Write the built-in procedural demo scene (nerfstudio format, with exact two-level masks)."""
+    """Write a procedural scene with exact two-level masks (nerfstudio format): the easy demo, or the hard tabletop."""
 
     output: tyro.conf.Positional[Path]
-    """Folder to write the scene into (transforms.json, images/, coarse/, fine/, sparse_pc.ply)."""
-    num_views: int = 40
-    """Number of camera views on two rings around the scene."""
-    resolution: int = 96
-    """Width and height of each square image, in pixels."""
+    """Folder to write the scene into (transforms.json, images/, coarse/, fine/, sparse_pc.ply, scene.json)."""
+    scene: Literal["demo", "tabletop"] = "demo"
+    """demo: four small objects on white. tabletop: touching objects on a textured floor, thin and small parts,
+    similar colours, an unmasked backdrop, plus amodal/ masks and the held-out views in scene.json."""
+    num_views: Optional[int] = None
+    """Number of camera views on two rings around the scene (default: 40 demo, 48 tabletop)."""
+    resolution: Optional[int] = None
+    """Width and height of each square image, in pixels (default: 96 demo, 128 tabletop)."""
     seed: int = 0
     """Random seed: the same seed writes the same scene."""
 
     def main(self) -> None:
-        from splatseg_ns.scenes.demo_scene import write_demo_scene
-
-        write_demo_scene(self.output, num_views=self.num_views, resolution=self.resolution, seed=self.seed)
-        print(f"Wrote the demo scene ({self.num_views} views, {self.resolution}px) to {self.output}")
+        if self.scene == "tabletop":
+            from splatseg_ns.scenes.tabletop import write_tabletop_scene as write
+        else:
+            from splatseg_ns.scenes.demo_scene import write_demo_scene as write
+        defaults = {"demo": (40, 96), "tabletop": (48, 128)}[self.scene]
+        views, resolution = self.num_views or defaults[0], self.resolution or defaults[1]
+        write(self.output, num_views=views, resolution=resolution, seed=self.seed)
+        print(f"Wrote the {self.scene} scene ({views} views, {resolution}px) to {self.output}")
         print(f"Train on it with: ns-train splatseg --data {self.output}")
 
 
@@ -191,9 +198,22 @@ class Eval:
         self.output.parent.mkdir(parents=True, exist_ok=True)
         self.output.write_text(json.dumps(metrics, indent=1))
         for p in metrics["prompts"]:
-            print(f"{p['name']:>20}  IoU {p['iou']:.3f}  acc {p['accuracy']:.3f}  boundary IoU {p['boundary_iou']:.3f}")
+            line = f"{p['name']:>24}  IoU {p['iou']:.3f}  acc {p['accuracy']:.3f}  boundary IoU {p['boundary_iou']:.3f}"
+            if "export" in p:
+                e = p["export"]
+                line += f"  export: precision {e['precision']:.3f} recall {e['recall']:.3f} IoU {e['iou']:.3f}"
+            print(line)
         o = metrics["overall"]
-        print(f"{'overall':>20}  mIoU {o['mIoU']:.3f}  mAcc {o['mAcc']:.3f}  mBIoU {o['mBIoU']:.3f}  -> {self.output}")
+        print(f"{'overall':>24}  mIoU {o['mIoU']:.3f}  mAcc {o['mAcc']:.3f}  mBIoU {o['mBIoU']:.3f}  -> {self.output}")
+        for key, label in (("train_views", "on training views"), ("heldout_views", "on held-out views"),
+                           ("prompts_in_train_views", "clicked in training views"),
+                           ("prompts_in_heldout_views", "clicked in held-out views")):
+            if o[key]["num_prompts"]:
+                print(f"{label:>24}  mIoU {o[key]['mIoU']:.3f}  mAcc {o[key]['mAcc']:.3f}  mBIoU {o[key]['mBIoU']:.3f}")
+        if "export" in o:
+            e = o["export"]
+            print(f"{'exports, rendered alone':>24}  precision {e['mPrecision']:.3f}  recall {e['mRecall']:.3f}  "
+                  f"IoU {e['mIoU']:.3f}")
 
 
 @dataclass
@@ -204,8 +224,9 @@ class MakeBenchmark:
     """Dataset folder."""
     output: Path
     """Benchmark folder to write."""
-    prompt_view: str
-    """Image whose masks give the prompts (one click per object, deep inside it)."""
+    prompt_view: List[str]
+    """Images whose masks give the prompts (one click per object in each, deep inside it); several
+    prompt views (training and held-out ones) give each object a prompt in each, named object@view."""
     score_views: List[str]
     """Images to score the selections on."""
     source: Literal["coarse", "fine", "alpha"] = "coarse"

@@ -88,6 +88,10 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """Cosine margin below which pairs of different fine masks are no longer pushed apart."""
     contrastive_negative_weight: float = 0.1
     """Weight of the push (negative) term relative to the pull term."""
+    push_block: int = 1024
+    """The push averages over the negative pairs within blocks of this many sampled pixels (they come in
+    random order: a uniform sample of all pairs, at num-sampled-pixels x push-block cost instead of its
+    square); 0 takes every pair."""
     norm_3d_weight: float = 0.2
     """Weight of the 3D norm term: per-Gaussian coarse and rest parts near unit norm."""
     norm_2d_weight: float = 0.2
@@ -334,6 +338,9 @@ class SplatsegModel(SplatfactoModel):
         check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
         cameras = datamanager.train_dataset.cameras
         centers = {level: getattr(self, f"candidate_centers_{level}") for level in LEVELS}
+        # The masks GFL clustered into the current candidates keep their cluster (a run just refreshed);
+        # candidates restored from a checkpoint carry only their centres.
+        clustering = self.candidates if self.candidates is not None and self.candidates.coarse.mask_ids.numel() else None
         totals = {level: torch.zeros(self.num_points, centers[level].shape[0] + 1, device=self.device) for level in LEVELS}
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
         for index, data in enumerate(datamanager.cached_train):
@@ -347,8 +354,13 @@ class SplatsegModel(SplatfactoModel):
                 ids = data[f"{level}_mask"].to(self.device)
                 if ids.shape != features.shape[:2]:
                     ids = _resize_nearest(ids, *features.shape[:2])
+                clustered = None
+                if clustering is not None:
+                    table = clustering.level(level)
+                    members = table.mask_views == index
+                    clustered = (table.mask_ids[members], table.mask_labels[members])
                 labels = mask_labels(ids, level_features(features, level, self.config.coarse_feature_dim),
-                                     centers[level], self.config.vote.min_mask_cos)
+                                     centers[level], self.config.vote.min_mask_cos, clustered)
                 present[level], local = compact(labels)
                 targets.append(one_hot_labels(local, present[level].numel()))
             weights = rendered_weights(lambda values, geometry=geometry: self._render_features(rasterize, geometry, values),
@@ -449,10 +461,12 @@ class SplatsegModel(SplatfactoModel):
         return self.render_values(camera, self.seg_features)
 
     @torch.no_grad()
-    def render_values(self, camera: Cameras, values: torch.Tensor) -> torch.Tensor:
-        """Alpha-blend any per-Gaussian values [N, C] into one camera's image [H, W, C] (features, selection masks)."""
+    def render_values(self, camera: Cameras, values: torch.Tensor,
+                      gaussians: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
+        """Alpha-blend any per-Gaussian values [N, C] into one camera's image [H, W, C] (features, selection
+        masks), of this model's Gaussians or of `gaussians` (means, quats, scales, opacities as stored)."""
         geometry = self._geometry(
-            self.gauss_params.__getitem__,
+            (gaussians or self.gauss_params).__getitem__,
             world_to_camera(camera.camera_to_worlds),
             camera.get_intrinsics_matrices().to(self.device),
             int(camera.width.item()),
@@ -515,6 +529,7 @@ class SplatsegModel(SplatfactoModel):
             margin_coarse=self.config.margin_coarse,
             margin_fine=self.config.margin_fine,
             negative_weight=self.config.contrastive_negative_weight,
+            push_block=self.config.push_block,
         )
         gaussians = self.seg_features
         losses["norm_2d"] = feature_norm_2d_loss(sampled, coarse_dim, weight=self.config.norm_2d_weight)

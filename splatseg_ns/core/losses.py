@@ -86,12 +86,17 @@ def contrastive_level_loss(
     margin: float,
     negative_weight: float,
     push_features: Optional[torch.Tensor] = None,
+    push_block: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """Pull same-mask pairs together, push different-mask pairs below `margin` (cosine).
 
     features: [P, D] rendered features of sampled pixels; ids: [P] mask ids (0 = no mask, such
     pixels take part in no pair). `push_features` (default: `features`) is used for the push
     term, so the caller can stop gradients through part of it.
+    push_block: when > 0 and smaller than P, the push averages over the negative pairs inside
+    consecutive blocks of that many samples instead of all P^2 pairs. The samples come in random
+    order (`sample_pixels`), so the blocks' pairs are a uniform sample of all pairs: the same mean
+    in expectation, at P * push_block instead of P^2 cost.
     Returns {"pull": -mean cos over positives, "push": weight * mean 1[cos > margin] cos over negatives}.
     """
     valid = ids > 0
@@ -107,14 +112,16 @@ def contrastive_level_loss(
     sums = torch.zeros(len(counts), f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, ids, f)
     num_positive = (counts * (counts - 1)).sum()
     pull = -((sums * sums).sum() - counts.sum()) / num_positive if num_positive > 0 else zero
-    # Push needs every pair's cosine; masks (not gathers) keep it one dense pass.
-    num_negative = ids.numel() ** 2 - (counts * counts).sum()
-    if num_negative > 0:
-        cos = g @ g.T
-        active = (cos > margin) & (ids[:, None] != ids[None, :])
-        push = negative_weight * cos.masked_fill(~active, 0.0).sum() / num_negative  # no P x P zeros tensor
-    else:
-        push = zero
+    # Push needs each pair's cosine; masks (not gathers) keep a block one dense pass.
+    block = push_block if 0 < push_block < ids.numel() else ids.numel()
+    total, num_negative = zero, 0
+    for start in range(0, ids.numel(), block):
+        g_block, ids_block = g[start : start + block], ids[start : start + block]
+        different = ids_block[:, None] != ids_block[None, :]
+        cos = g_block @ g_block.T
+        total = total + cos.masked_fill(~(different & (cos > margin)), 0.0).sum()  # no P x P zeros tensor
+        num_negative += int(different.sum())
+    push = negative_weight * total / num_negative if num_negative > 0 else zero
     return {"pull": pull, "push": push}
 
 
@@ -126,15 +133,19 @@ def two_level_contrastive_loss(
     margin_coarse: float = 0.5,
     margin_fine: float = 0.75,
     negative_weight: float = 0.1,
+    push_block: int = 0,
 ) -> Dict[str, torch.Tensor]:
     """Click-Gaussian's contrastive loss at both levels on sampled pixels.
 
     features: [P, D] with D > coarse_dim; the coarse feature is features[:, :coarse_dim] and the
-    fine one all D channels. Returns the four terms by name (sum them for the loss).
+    fine one all D channels. push_block: see `contrastive_level_loss`. Returns the four terms by
+    name (sum them for the loss).
     """
-    coarse = contrastive_level_loss(features[:, :coarse_dim], coarse_ids, margin_coarse, negative_weight)
+    coarse = contrastive_level_loss(features[:, :coarse_dim], coarse_ids, margin_coarse, negative_weight,
+                                    push_block=push_block)
     fine_push = torch.cat([features[:, :coarse_dim].detach(), features[:, coarse_dim:]], dim=-1)
-    fine = contrastive_level_loss(features, fine_ids, margin_fine, negative_weight, push_features=fine_push)
+    fine = contrastive_level_loss(features, fine_ids, margin_fine, negative_weight, push_features=fine_push,
+                                  push_block=push_block)
     return {
         "contrastive_coarse_pull": coarse["pull"],
         "contrastive_coarse_push": coarse["push"],

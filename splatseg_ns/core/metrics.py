@@ -1,4 +1,4 @@
-"""Mask metrics for `splatseg eval`: IoU, pixel accuracy and boundary IoU, and their means.
+"""Mask metrics for `splatseg eval`: IoU, pixel accuracy, boundary IoU, precision and recall, and their means.
 
 The benchmarks Click-Gaussian reports (LERF-Mask, SPIn-NeRF) score mIoU and mAcc; boundary IoU
 (Cheng et al., "Boundary IoU", CVPR 2021) is added because IoU of large objects hardly moves when
@@ -48,6 +48,20 @@ def boundary_iou(pred, gt, dilation_ratio: float = 0.02) -> float:
     """IoU of the two masks' boundary regions (`mask_boundary`); 1.0 when both are empty."""
     pred, gt = _pair(pred, gt)
     return iou(mask_boundary(pred, dilation_ratio), mask_boundary(gt, dilation_ratio))
+
+
+def precision(pred, gt) -> float:
+    """|pred & gt| / |pred|: how much of what was predicted is right; 1.0 for an empty prediction."""
+    pred, gt = _pair(pred, gt)
+    predicted = np.count_nonzero(pred)
+    return 1.0 if predicted == 0 else np.count_nonzero(pred & gt) / predicted
+
+
+def recall(pred, gt) -> float:
+    """|pred & gt| / |gt|: how much of the truth was found; 1.0 for an empty truth."""
+    pred, gt = _pair(pred, gt)
+    true = np.count_nonzero(gt)
+    return 1.0 if true == 0 else np.count_nonzero(pred & gt) / true
 
 
 def mask_metrics(pred, gt, dilation_ratio: float = 0.02) -> Dict[str, float]:

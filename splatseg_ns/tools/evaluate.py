@@ -1,26 +1,40 @@
-"""Score a run's click selections against ground-truth masks (the contract's benchmark format).
+"""`splatseg eval`: score a run's click selections against ground-truth masks (the contract's benchmark format).
 
 DIR/prompts.json lists prompts {"name", "view", "positive": [[x, y], ...], "negative": [...],
 "level"}; DIR/gt/<name>/<image stem>.png are binary masks on the views to score. Each prompt's
 selection is rendered into those views (the selected Gaussians alpha-blended as a 0/1 value,
 thresholded at 0.5) and compared with the mask: IoU, pixel accuracy, boundary IoU per view,
-averaged per prompt; mIoU / mAcc / mBIoU over prompts.
+averaged per prompt, and over prompts: mIoU / mAcc / mBIoU, for all scored views and, separately,
+for the training views and the views held out of training (where floaters in front of the
+camera are what a user meets when they orbit), and for prompts clicked in either.
+
+With DIR/amodal/<name>/<image stem>.png (the object's full silhouette rendered alone), the object
+is also exported as `splatseg export` writes it, read back from the PLY, rendered alone, and
+scored against those: precision, recall and IoU, which is what a user sees opening the object in
+another viewer (the visible-only masks hide what an export carries behind other objects).
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from PIL import Image
 
 from splatseg_ns.core.images import same_aspect
-from splatseg_ns.core.metrics import mask_metrics, summarise
+from splatseg_ns.core.metrics import iou, mask_metrics, precision, recall, summarise
+from splatseg_ns.core.ply import read_gaussians_ply
+from splatseg_ns.core.selection_file import Selection
+from splatseg_ns.tools.export import export_selection
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun, View
+
+SPLITS = {"train": "train_views", "eval": "heldout_views"}
+"""A view's split -> its key in the summaries."""
 
 
 def load_prompts(benchmark_dir: Path) -> List[Dict[str, Any]]:
@@ -40,6 +54,18 @@ def render_selection_mask(run: TrainedRun, view: View, selected: torch.Tensor) -
     return (run.model.render_values(view.camera, values)[..., 0] > 0.5).cpu().numpy()
 
 
+@torch.no_grad()
+def render_ply_alone(run: TrainedRun, view: View, ply: Dict[str, np.ndarray]) -> np.ndarray:
+    """bool [H, W]: where the Gaussians of a 3DGS PLY, rendered by themselves, are more than half opaque."""
+    def column(*names):
+        return torch.from_numpy(np.stack([ply[n] for n in names], axis=-1)).float().to(run.device)
+
+    gaussians = {"means": column("x", "y", "z"), "quats": column("rot_0", "rot_1", "rot_2", "rot_3"),
+                 "scales": column("scale_0", "scale_1", "scale_2"), "opacities": column("opacity")}
+    ones = torch.ones(gaussians["means"].shape[0], 1, device=run.device)
+    return (run.model.render_values(view.camera, ones, gaussians)[..., 0] > 0.5).cpu().numpy()
+
+
 def read_gt_mask(path: Path, view: View) -> np.ndarray:
     """The ground-truth mask (drawn on the image file) as the rendered view sees it."""
     try:
@@ -55,8 +81,34 @@ def read_gt_mask(path: Path, view: View) -> np.ndarray:
     return view.mask_to_render(mask)
 
 
+def _means(views: List[Dict[str, Any]], keys=("iou", "accuracy", "boundary_iou")) -> Dict[str, Optional[float]]:
+    return {key: (float(np.mean([v[key] for v in views])) if views else None) for key in keys}
+
+
+def score_export(run: TrainedRun, selection: Selection, amodal_dir: Path) -> Optional[Dict[str, Any]]:
+    """The object as `splatseg export` writes it, read back and rendered alone, against the amodal masks."""
+    files = sorted(amodal_dir.glob("*.png"))
+    if not files:
+        return None
+    with tempfile.TemporaryDirectory(prefix="splatseg_eval_") as folder:
+        source, output = Path(folder) / "selection.json", Path(folder) / "object.ply"
+        written = export_selection(run, selection, source, output)
+        ply = read_gaussians_ply(output)
+    views = []
+    for path in files:
+        view = run.view(path.stem)
+        pred, gt = render_ply_alone(run, view, ply), read_gt_mask(path, view)
+        views.append({"view": view.name, "split": view.split, "precision": precision(pred, gt),
+                      "recall": recall(pred, gt), "iou": iou(pred, gt)})
+    keys = ("precision", "recall", "iou")
+    out = {"num_gaussians": written, **_means(views, keys), "views": views}
+    for split, key in SPLITS.items():
+        out[key] = _means([v for v in views if v["split"] == split], keys)
+    return out
+
+
 def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
-    """Metrics per prompt (and per scored view) and overall."""
+    """Metrics per prompt (and per scored view) and overall, by split of the scored views and of the prompt's."""
     benchmark_dir = Path(benchmark_dir)
     per_prompt = []
     for prompt in load_prompts(benchmark_dir):
@@ -73,8 +125,30 @@ def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
         for gt_file in gt_files:
             view = run.view(gt_file.stem)
             scores = mask_metrics(render_selection_mask(run, view, selected), read_gt_mask(gt_file, view))
-            views.append({"view": view.name, **scores})
-        mean = {key: float(np.mean([v[key] for v in views])) for key in ("iou", "accuracy", "boundary_iou")}
-        per_prompt.append({"name": prompt["name"], "level": selection.level, "num_gaussians": len(selection.indices),
-                           **mean, "views": views})
-    return {"prompts": per_prompt, "overall": summarise(per_prompt)}
+            views.append({"view": view.name, "split": view.split, **scores})
+        entry = {"name": prompt["name"], "level": selection.level, "view": prompt["view"],
+                 "view_split": run.view(prompt["view"]).split, "num_gaussians": len(selection.indices),
+                 **_means(views), "views": views}
+        for split, key in SPLITS.items():
+            entry[key] = _means([v for v in views if v["split"] == split])
+        exported = score_export(run, selection, benchmark_dir / "amodal" / prompt["name"])
+        if exported is not None:
+            entry["export"] = exported
+        per_prompt.append(entry)
+    return {"prompts": per_prompt, "overall": summarise_splits(per_prompt)}
+
+
+def summarise_splits(per_prompt: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """mIoU / mAcc / mBIoU over all prompts, plus: scored on training / held-out views only, for prompts
+    clicked in training / held-out views, and the exports' mean precision, recall and IoU."""
+    overall: Dict[str, Any] = summarise(per_prompt)
+    for key in SPLITS.values():
+        overall[key] = summarise([{**p[key], "name": p["name"]} for p in per_prompt if p[key]["iou"] is not None])
+    for split, key in (("train", "prompts_in_train_views"), ("eval", "prompts_in_heldout_views")):
+        overall[key] = summarise([p for p in per_prompt if p["view_split"] == split])
+    exports = [p["export"] for p in per_prompt if "export" in p]
+    if exports:
+        overall["export"] = {f"m{k.capitalize() if k != 'iou' else 'IoU'}": float(np.mean([e[k] for e in exports]))
+                             for k in ("precision", "recall", "iou")}
+        overall["export"]["num_prompts"] = len(exports)
+    return overall

@@ -134,6 +134,24 @@ def test_vectorised_loss_matches_the_pairwise_definition():
     torch.testing.assert_close(out["push"], push)
 
 
+def test_blockwise_push_is_the_pairwise_push_over_the_pairs_inside_each_block():
+    torch.manual_seed(4)
+    features = torch.randn(90, 5)
+    ids = torch.randint(1, 6, (90,))  # every pixel masked, so blocks are plain slices
+    whole = contrastive_level_loss(features, ids, margin=0.1, negative_weight=0.1)
+    assert torch.equal(contrastive_level_loss(features, ids, 0.1, 0.1, push_block=500)["push"], whole["push"])
+    blocked = contrastive_level_loss(features, ids, margin=0.1, negative_weight=0.1, push_block=32)
+    torch.testing.assert_close(blocked["pull"], whole["pull"])  # the pull always sees every pair
+    sums, pairs = 0.0, 0
+    for start in range(0, 90, 32):
+        f, i = features[start : start + 32], ids[start : start + 32]
+        _, push = brute_force_level_loss(f, i, 0.1, 0.1)
+        negatives = int((i[:, None] != i[None, :]).sum())
+        sums, pairs = sums + push * negatives, pairs + negatives
+    torch.testing.assert_close(blocked["push"], sums / pairs)
+    assert not torch.isclose(blocked["push"], whole["push"])  # a sample of the pairs, not all of them
+
+
 def test_3d_norm_is_zero_for_unit_parts_and_hand_computed_elsewhere():
     features = _unit_parts(6, 3, 8)
     torch.testing.assert_close(feature_norm_3d_loss(features, 3), torch.tensor(0.0))

@@ -1,0 +1,159 @@
+r"""splatseg on the hard scene: one click per entity, scored on training and held-out views, exports rendered alone.
+
+The tabletop scene (`splatseg demo-data --scene tabletop`: touching objects on a textured floor,
+thin and small parts, similar colours, an unmasked backdrop) is trained with `ns-train splatseg`
+on the CPU, then every object (coarse) and part (fine) is clicked once, at its deepest pixel, in
+two training views and in each of the views nerfstudio held out of training, and scored:
+
+- on 6 training views and on the held-out views, separately, against the exact visible masks
+  (`splatseg eval`: IoU, accuracy, boundary IoU), for prompts clicked in either kind of view;
+- the exported object (`splatseg export`'s PLY, read back, rendered alone) against the entity's
+  amodal silhouette: precision, recall, IoU;
+- with the vote (mask lifting, the default) and without it (each Gaussian's nearest candidate
+  in feature space), on the same trained run;
+- the time per training step: colour steps (the last fifth of the colour stage, with about the
+  final number of Gaussians) against feature steps with the candidate refreshes and the vote
+  amortised over the feature stage.
+
+    python benchmarks/bench_tabletop.py                         # exact masks: ~12 min on 2 cores
+    python benchmarks/bench_tabletop.py --masks noisy           # the mask noise of bench_gfl_noisy_masks
+    python benchmarks/bench_tabletop.py --masks noisy --no-gfl
+
+Results land in --output-dir (default outputs/bench_tabletop/<tag>): the scene, the run, the
+benchmark folders and results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gfl_noisy_masks import RunSpec, read_scalars, run_schedule, train  # noqa: E402
+
+TRAIN_PROMPT_VIEWS = ["frame_00003.png", "frame_00020.png"]
+TRAIN_SCORE_VIEWS = ["frame_00001", "frame_00009", "frame_00017", "frame_00029", "frame_00033", "frame_00041"]
+
+
+def amortised_step_times(config: Path) -> Dict[str, Optional[float]]:
+    """Seconds per step: colour steps of the last fifth of the colour stage (median and mean) and feature
+    steps (median, and mean with every refresh and the last step's vote included)."""
+    times = read_scalars(Path(config).parent, "Train Iter (time)")
+    schedule = run_schedule(config)
+    start, last = schedule["feature_stage_start"], schedule["last_step"]
+    colour = [s for step, s in times.items() if int(0.8 * start) <= step < start]
+    feature = [s for step, s in times.items() if start <= step <= last]
+    out = {"colour_median": statistics.median(colour), "colour_mean": statistics.mean(colour),
+           "feature_median": statistics.median(feature), "feature_mean_amortised": statistics.mean(feature)}
+    out["ratio_amortised"] = out["feature_mean_amortised"] / out["colour_mean"]
+    return out
+
+
+def evaluate_both(config: Path, benchmarks: Dict[str, Path]) -> Dict[str, Dict]:
+    """`splatseg eval` of every benchmark with the votes and without (nearest candidate in feature space)."""
+    from splatseg_ns.tools.evaluate import evaluate
+    from splatseg_ns.trained_run import TrainedRun
+
+    run = TrainedRun(config)
+    results: Dict[str, Dict] = {}
+    for vote in (True, False):
+        run.model.config.vote.enabled = vote
+        run._click_indices.clear()
+        for level, bench in benchmarks.items():
+            start = time.perf_counter()
+            metrics = evaluate(run, bench)
+            metrics["seconds"] = time.perf_counter() - start
+            results[f"{level}_{'vote' if vote else 'features'}"] = metrics
+    return results
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_tables(results: Dict[str, Dict], steps: Dict[str, Optional[float]], tag: str) -> str:
+    lines = [f"### {tag}", "",
+             "| level | labels | prompts | mIoU all | train views | held-out views | clicked in held-out | "
+             "mBIoU | export precision | export recall | export IoU |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, metrics in results.items():
+        level, labels = key.split("_")
+        o = metrics["overall"]
+        e = o.get("export", {})
+        lines.append(
+            f"| {level} | {labels} | {o['num_prompts']} | {_fmt(o['mIoU'])} | {_fmt(o['train_views']['mIoU'])} | "
+            f"{_fmt(o['heldout_views']['mIoU'])} | {_fmt(o['prompts_in_heldout_views']['mIoU'])} | {_fmt(o['mBIoU'])} | "
+            f"{_fmt(e.get('mPrecision'))} | {_fmt(e.get('mRecall'))} | {_fmt(e.get('mIoU'))} |")
+    lines += ["", "| colour step (s, last fifth) | feature step (s, median) | feature step (s, refreshes + vote "
+              "amortised) | feature / colour |", "|---:|---:|---:|---:|",
+              f"| {steps['colour_mean']:.3f} | {steps['feature_median']:.3f} | {steps['feature_mean_amortised']:.3f} "
+              f"| {steps['ratio_amortised']:.2f}x |"]
+    worst: List[str] = []
+    for key, metrics in results.items():
+        if key.endswith("vote"):
+            for p in sorted(metrics["prompts"], key=lambda p: p["iou"])[:4]:
+                worst.append(f"{key.split('_')[0]} {p['name']}: IoU {p['iou']:.3f}"
+                             + (f", export P {p['export']['precision']:.3f} R {p['export']['recall']:.3f}"
+                                if "export" in p else ""))
+    lines += ["", "Lowest (with votes): " + "; ".join(worst)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", type=Path, default=Path("outputs/bench_tabletop"))
+    parser.add_argument("--colour-steps", type=int, default=1500)
+    parser.add_argument("--feature-steps", type=int, default=1200)
+    parser.add_argument("--masks", choices=["exact", "noisy"], default="exact")
+    parser.add_argument("--no-gfl", action="store_true", help="train with --pipeline.model.gfl.weight 0")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads of ns-train")
+    parser.add_argument("--reuse", action="store_true", help="keep a run already trained under the same tag")
+    parser.add_argument("--train-arg", action="append", default=[], help="extra ns-train argument (repeatable)")
+    parser.add_argument("--tag", default=None)
+    args = parser.parse_args()
+
+    from splatseg_ns._torchvision_cpu import install
+
+    install()
+    from splatseg_ns.scenes.mask_noise import NoiseConfig, write_noisy_scene
+    from splatseg_ns.scenes.tabletop import write_tabletop_scene
+    from splatseg_ns.tools.make_benchmark import write_benchmark
+
+    tag = args.tag or f"{args.masks}_{'nogfl' if args.no_gfl else 'gfl'}_seed{args.seed}"
+    out = args.output_dir / tag
+    clean = args.output_dir / f"scene_seed{args.seed}"
+    if not (clean / "transforms.json").exists():
+        write_tabletop_scene(clean, seed=args.seed)
+    data = clean
+    if args.masks == "noisy":
+        data = args.output_dir / f"scene_seed{args.seed}_noisy"
+        if not (data / "transforms.json").exists():
+            write_noisy_scene(clean, data, NoiseConfig(), seed=args.seed)
+    scene = json.loads((clean / "scene.json").read_text())
+    heldout = scene["heldout_views"]
+
+    config = out / "runs" / tag / "splatseg" / "run" / "config.yml"
+    if not (args.reuse and config.exists()):
+        spec = RunSpec(tag, args.masks, not args.no_gfl, data, list(args.train_arg))
+        config, _ = train(spec, out / "runs", out / "logs", args.colour_steps, args.feature_steps, args.seed,
+                          args.threads)
+    benchmarks = {}
+    for level in ("coarse", "fine"):
+        bench = out / "benchmarks" / level
+        write_benchmark(clean, bench, level, TRAIN_PROMPT_VIEWS + heldout, TRAIN_SCORE_VIEWS + heldout)
+        benchmarks[level] = bench
+    results = evaluate_both(config, benchmarks)
+    steps = amortised_step_times(config)
+    (out / "results.json").write_text(json.dumps({"steps": steps, "results": results}, indent=1))
+    print(format_tables(results, steps, f"tabletop, {args.masks} masks, GFL {'off' if args.no_gfl else 'on'}, "
+                                        f"seed {args.seed}, {args.colour_steps} + {args.feature_steps} steps"))
+
+
+if __name__ == "__main__":
+    main()
