@@ -1,8 +1,11 @@
 """The `splatseg` console command (tyro subcommands).
 
 Each subcommand is a small dataclass whose fields are its options (tyro turns their
-docstrings into `--help`) and whose `main()` hands them to its module in `tools` (one module
-per subcommand), turning bad input into one line of error instead of a traceback.
+docstrings into `--help`) and whose `main()` first checks what it was given (`tools.checks`:
+paths of the right kind and writable, options in range, no conflicting prompts), then hands it
+to its module in `tools` (one module per subcommand). Bad input of any kind ends in one line,
+"error: <what, naming the file or option, and the fix>", and exit status 1, never a traceback
+(`entrypoint`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,20 @@ def _fail(err: Exception) -> None:
     raise SystemExit(f"error: {err}")
 
 
+def _input_errors() -> Tuple[type, ...]:
+    """The errors that mean bad input (each names the file or option and the fix), not a bug."""
+    from splatseg_ns.core.cache import CacheError
+    from splatseg_ns.core.images import ImageReadError, InputFilesError
+    from splatseg_ns.core.masks import MaskError
+    from splatseg_ns.core.selection_file import SelectionError
+    from splatseg_ns.core.weights import WeightsError
+    from splatseg_ns.tools.checks import InputError
+    from splatseg_ns.trained_run import RunError
+
+    return (InputError, RunError, SelectionError, CacheError, WeightsError, ImageReadError, InputFilesError, MaskError,
+            OSError)
+
+
 @dataclass
 class DemoData:
     """Write a procedural scene with exact two-level masks (nerfstudio format): the easy demo, or the hard tabletop."""
@@ -44,6 +61,11 @@ class DemoData:
     """Random seed: the same seed writes the same scene."""
 
     def main(self) -> None:
+        from splatseg_ns.tools.checks import at_least, writable_folder
+
+        at_least(self.num_views, "--num-views", 1)
+        at_least(self.resolution, "--resolution", 8)
+        writable_folder(self.output, "OUTPUT")
         if self.scene == "tabletop":
             from splatseg_ns.scenes.tabletop import write_tabletop_scene as write
         else:
@@ -69,8 +91,13 @@ class Demo:
     """Steps that then train the segmentation features."""
 
     def main(self) -> None:
+        from splatseg_ns.tools.checks import at_least, writable_folder
         from splatseg_ns.tools.demo import demo_train_args, latest_config, run_ns_train, showcase_selection
 
+        at_least(self.colour_steps, "--colour-steps", 1)
+        at_least(self.feature_steps, "--feature-steps", 1)
+        writable_folder(self.output_dir, "--output-dir")
+        writable_folder(self.data, "--data")
         if not (self.data / "transforms.json").exists():
             DemoData(self.data).main()
         run_ns_train(demo_train_args(self.data, self.output_dir, self.colour_steps, self.feature_steps))
@@ -105,24 +132,43 @@ class Select:
     weight on the segment's masks (its vote), or for a run without votes its cosine to the segment's centre."""
     text: Optional[str] = None
     """Select by name instead of clicks (e.g. "mushroom"); needs a run trained with text queries (CLIP)."""
+    masks: Optional[Path] = None
+    """Select by masks instead: a folder of binary masks of one object (white on black), each named like the
+    view's image file (frame_00001.png), in as few views as you have (a text-prompted detector's, say). Every
+    Gaussian with more of its rendered weight inside them than outside is selected; works on splatfacto runs too."""
 
     def main(self) -> None:
         from splatseg_ns.core.selection_file import write_selection
-        from splatseg_ns.tools.select import select_by_text_query, select_by_view_clicks
-        from splatseg_ns.trained_run import RunError, TrainedRun
+        from splatseg_ns.tools.checks import InputError, existing_file, existing_folder, in_range, writable_file
+        from splatseg_ns.tools.select import select_by_masks, select_by_text_query, select_by_view_clicks
+        from splatseg_ns.trained_run import TrainedRun
 
-        if self.text is None and (self.view is None or not self.click):
-            _fail(ValueError("give --view NAME with --click X Y (repeatable), or --text NAME"))
-        try:
-            run = TrainedRun(self.load_config)
-            if self.text is not None:
-                selection = select_by_text_query(run, self.text, self.level, self.threshold)
-            else:
-                selection = select_by_view_clicks(run, self.view, self.click, self.negative, self.level, self.threshold)
-        except (RunError, RuntimeError) as err:
-            _fail(err)
+        prompts = [self.masks is not None, self.text is not None, bool(self.click or self.negative)]
+        if sum(prompts) > 1:
+            raise InputError("give one kind of prompt: --view NAME with --click X Y, or --text NAME, or --masks DIR "
+                             "(--text and --masks take no --click or --negative)")
+        if not any(prompts) or (prompts[2] and (self.view is None or not self.click)):
+            raise InputError("give --view NAME with --click X Y (repeatable), or --text NAME, or --masks DIR")
+        if self.text is not None and not self.text.strip():
+            raise InputError("--text is empty: give a name, e.g. --text mushroom")
+        in_range(self.threshold, "--threshold", -1.0, 1.0, "a cosine or a share of rendered weight")
+        existing_file(self.load_config, "--load-config", "the config.yml of a trained run")
+        writable_file(self.output, "--output")
+        if self.masks is not None:
+            existing_folder(self.masks, "--masks", "binary masks named like the views' images")
+        run = TrainedRun(self.load_config)
+        if self.masks is not None:
+            selection = select_by_masks(run, self.masks)
+        elif self.text is not None:
+            selection = select_by_text_query(run, self.text, self.level, self.threshold)
+        else:
+            selection = select_by_view_clicks(run, self.view, self.click, self.negative, self.level, self.threshold)
+        if not selection.indices:
+            hint = " (lower --threshold)" if self.threshold is not None else ""
+            raise InputError(f"these prompts select no Gaussian{hint}; nothing was written to {self.output}")
         write_selection(self.output, selection)
-        print(f"Selected {len(selection.indices)} of {run.model.num_points} Gaussians ({self.level}); wrote {self.output}")
+        print(f"Selected {len(selection.indices)} of {run.model.num_points} Gaussians ({selection.level}); wrote "
+              f"{self.output}")
         print(f"Export it with: splatseg export --load-config {self.load_config} --selection {self.output} --output object.ply")
 
 
@@ -150,26 +196,29 @@ class Export:
     """Segments from the global candidates, or from clustering position + feature (physical distance weighted high)."""
 
     def main(self) -> None:
-        from splatseg_ns.core.selection_file import SelectionError, read_selection
+        from splatseg_ns.core.selection_file import read_selection
+        from splatseg_ns.tools.checks import InputError, existing_file, writable_file, writable_folder
         from splatseg_ns.tools.export import export_segments, export_selection
-        from splatseg_ns.trained_run import RunError, TrainedRun
+        from splatseg_ns.trained_run import TrainedRun
 
         if self.segments == (self.selection is not None):
-            _fail(ValueError("give either --selection FILE --output OBJ.ply, or --segments --output-dir DIR"))
+            raise InputError("give either --selection FILE --output OBJ.ply, or --segments --output-dir DIR")
         if self.segments and self.output_dir is None:
-            _fail(ValueError("--segments needs --output-dir DIR"))
+            raise InputError("--segments needs --output-dir DIR")
         if self.selection is not None and self.output is None:
-            _fail(ValueError("--selection needs --output OBJ.ply"))
-        try:
-            selection = read_selection(self.selection) if self.selection is not None else None
+            raise InputError("--selection needs --output OBJ.ply")
+        existing_file(self.load_config, "--load-config", "the config.yml of a trained run")
+        if self.segments:
+            writable_folder(self.output_dir, "--output-dir")
             run = TrainedRun(self.load_config)
-            if selection is None:
-                paths = export_segments(run, self.output_dir, self.level, self.method)
-                print(f"Wrote {len(paths) - 1} segments and {paths[-1].name} to {self.output_dir}")
-                return
-            count = export_selection(run, selection, self.selection, self.output, self.invert, self.keep_weak)
-        except (RunError, SelectionError, OSError) as err:
-            _fail(err)
+            paths, replaced = export_segments(run, self.output_dir, self.level, self.method)
+            earlier = f" (replacing the {replaced} files of an earlier segments export)" if replaced else ""
+            print(f"Wrote {len(paths) - 1} segments and {paths[-1].name} to {self.output_dir}{earlier}")
+            return
+        selection = read_selection(self.selection)
+        writable_file(self.output, "--output")
+        run = TrainedRun(self.load_config)
+        count = export_selection(run, selection, self.selection, self.output, self.invert, self.keep_weak)
         what = "the scene without the selection" if self.invert else "the selection"
         print(f"Wrote {count} Gaussians ({what}) to {self.output}")
 
@@ -186,17 +235,17 @@ class Eval:
     """Where to write the metrics (JSON)."""
 
     def main(self) -> None:
-        import json
+        from splatseg_ns.core.files import atomic_write_json
+        from splatseg_ns.tools.checks import existing_file, existing_folder, writable_file
+        from splatseg_ns.tools.evaluate import evaluate, load_prompts
+        from splatseg_ns.trained_run import TrainedRun
 
-        from splatseg_ns.tools.evaluate import evaluate
-        from splatseg_ns.trained_run import RunError, TrainedRun
-
-        try:
-            metrics = evaluate(TrainedRun(self.load_config), self.benchmark)
-        except RunError as err:
-            _fail(err)
-        self.output.parent.mkdir(parents=True, exist_ok=True)
-        self.output.write_text(json.dumps(metrics, indent=1))
+        existing_file(self.load_config, "--load-config", "the config.yml of a trained run")
+        existing_folder(self.benchmark, "--benchmark", "a benchmark folder from `splatseg make-benchmark`")
+        load_prompts(self.benchmark)  # a damaged prompts.json fails now, not after loading the run
+        writable_file(self.output, "--output")
+        metrics = evaluate(TrainedRun(self.load_config), self.benchmark)
+        atomic_write_json(self.output, metrics, what="metrics file")
         for p in metrics["prompts"]:
             line = f"{p['name']:>24}  IoU {p['iou']:.3f}  acc {p['accuracy']:.3f}  boundary IoU {p['boundary_iou']:.3f}"
             if "export" in p:
@@ -233,12 +282,15 @@ class MakeBenchmark:
     """Object masks from DATA/coarse or DATA/fine instance maps, or from the images' alpha channel."""
 
     def main(self) -> None:
+        from splatseg_ns.tools.checks import InputError, existing_folder, writable_folder
         from splatseg_ns.tools.make_benchmark import write_benchmark
 
+        existing_folder(self.data, "--data", "a dataset")
+        writable_folder(self.output, "--output")
         try:
             prompts = write_benchmark(self.data, self.output, self.source, self.prompt_view, self.score_views)
         except (ValueError, FileNotFoundError) as err:
-            _fail(err)
+            raise InputError(str(err)) from err
         print(f"Wrote {len(prompts)} prompts, scored on {len(self.score_views)} views, to {self.output}")
 
 
@@ -264,24 +316,21 @@ class Masks:
     """DINO model, resolution and PCA size (with --dino)."""
 
     def main(self) -> None:
-        from splatseg_ns.core.cache import CacheError
-        from splatseg_ns.core.images import ImageReadError, InputFilesError
-        from splatseg_ns.core.weights import WeightsError
+        from splatseg_ns.tools.checks import InputError, existing_folder, writable_folder
         from splatseg_ns.tools.masks import dataset_images, run_masks
 
-        try:
-            i, n = (int(v) for v in self.shard.split("/"))
-            assert 0 <= i < n
-        except (ValueError, AssertionError):
-            _fail(ValueError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4"))
+        parts = self.shard.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+            raise InputError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+        i, n = int(parts[0]), int(parts[1])
+        existing_folder(self.data, "--data", "a dataset folder with images/")
+        if self.cache_dir is not None:
+            writable_folder(self.cache_dir, "--cache-dir")
         images = dataset_images(self.data)
         if not images:
-            _fail(FileNotFoundError(f"{self.data}: no images found (looked in images/ and the folder itself)."))
-        try:
-            run_masks(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
-                      dino_config=self.dino_config, clip_config=self.clip_config)
-        except (CacheError, WeightsError, ImageReadError, InputFilesError) as err:
-            _fail(err)
+            raise InputError(f"--data {self.data}: no images found (looked in images/ and the folder itself).")
+        run_masks(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
+                  dino_config=self.dino_config, clip_config=self.clip_config)
 
 
 @dataclass
@@ -301,7 +350,12 @@ class Bench:
 
     def main(self) -> None:
         from splatseg_ns.tools.bench import format_table, speed_table
+        from splatseg_ns.tools.checks import InputError, at_least, device_available
 
+        if not self.sizes or min(self.sizes) < 1:
+            raise InputError(f"--sizes {' '.join(map(str, self.sizes))}: give one or more numbers of Gaussians >= 1")
+        at_least(self.threads, "--threads", 1)
+        device_available(self.device)
         rows = speed_table(self.sizes, self.device, include_render=self.render, include_export=self.export,
                            threads=self.threads)
         print(format_table(rows))
@@ -323,7 +377,11 @@ def entrypoint() -> None:
     from splatseg_ns._torchvision_cpu import install
 
     install()
-    tyro.cli(Commands).main()
+    command = tyro.cli(Commands)
+    try:
+        command.main()
+    except _input_errors() as err:
+        _fail(err)
 
 
 if __name__ == "__main__":

@@ -126,6 +126,45 @@ def pick_rasterizer(choice: str, device: torch.device):
     return rasterize
 
 
+def camera_geometry(gaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int,
+                    rasterize_mode: str = "classic") -> Dict:
+    """The rasteriser's arguments for the Gaussians `gaussians(name)` returns (splatfacto's parameters:
+    log scales, opacity logits), seen by one camera."""
+    return dict(
+        means=gaussians("means"),
+        quats=gaussians("quats"),
+        scales=torch.exp(gaussians("scales")),
+        opacities=torch.sigmoid(gaussians("opacities")).squeeze(-1),
+        viewmats=viewmat,
+        Ks=K,
+        width=width,
+        height=height,
+        packed=False,
+        near_plane=0.01,
+        far_plane=1e10,
+        sparse_grad=False,
+        rasterize_mode=rasterize_mode,
+    )
+
+
+def render_features(rasterize, geometry: Dict, features: torch.Tensor) -> torch.Tensor:
+    """Alpha-blend per-Gaussian values like colour, on a zero background: [H, W, D]."""
+    rendered, _, _ = rasterize(colors=features, render_mode="RGB", sh_degree=None, absgrad=False, **geometry)
+    return rendered.squeeze(0)
+
+
+def render_values(gaussians: Dict[str, torch.Tensor], camera: Cameras, values: torch.Tensor,
+                  rasterize_mode: str = "classic", rasterizer: str = "auto") -> torch.Tensor:
+    """Per-Gaussian values [N, C] of any splatfacto-style Gaussians (`gauss_params`) alpha-blended into
+    one camera's image [H, W, C]; differentiable in `values` (the geometry is detached)."""
+    device = gaussians["means"].device
+    params = {name: gaussians[name].detach() for name in ("means", "quats", "scales", "opacities")}
+    geometry = camera_geometry(params.__getitem__, world_to_camera(camera.camera_to_worlds.to(device)),
+                               camera.get_intrinsics_matrices().to(device), int(camera.width.item()),
+                               int(camera.height.item()), rasterize_mode)
+    return render_features(pick_rasterizer(rasterizer, device), geometry, values.to(device))
+
+
 class SplatsegModel(SplatfactoModel):
     """Splatfacto whose Gaussians also carry a two-level segmentation feature."""
 
@@ -348,7 +387,7 @@ class SplatsegModel(SplatfactoModel):
             geometry = self._geometry(self.gauss_params.__getitem__, world_to_camera(camera.camera_to_worlds),
                                       camera.get_intrinsics_matrices().to(self.device), int(camera.width.item()),
                                       int(camera.height.item()))
-            features = self._render_features(rasterize, geometry, self.seg_features.detach())
+            features = render_features(rasterize, geometry, self.seg_features.detach())
             present, targets = {}, []
             for level in LEVELS:
                 ids = data[f"{level}_mask"].to(self.device)
@@ -363,7 +402,7 @@ class SplatsegModel(SplatfactoModel):
                                      centers[level], self.config.vote.min_mask_cos, clustered)
                 present[level], local = compact(labels)
                 targets.append(one_hot_labels(local, present[level].numel()))
-            weights = rendered_weights(lambda values, geometry=geometry: self._render_features(rasterize, geometry, values),
+            weights = rendered_weights(lambda values, geometry=geometry: render_features(rasterize, geometry, values),
                                        self.num_points, torch.cat(targets, dim=-1))
             coarse_count = present["coarse"].numel()
             totals["coarse"][:, present["coarse"]] += weights[:, :coarse_count]
@@ -423,37 +462,17 @@ class SplatsegModel(SplatfactoModel):
         if feature_training or not self.training:
             if feature_training:  # geometry is frozen: no gradient reaches it
                 geometry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}
-            features = self._render_features(rasterize, geometry, gaussians("seg_features"))
+            features = render_features(rasterize, geometry, gaussians("seg_features"))
             outputs["seg_features"] = features
             if feature_training and "dino_features" in self.gauss_params:
-                outputs["dino_features"] = self._render_features(rasterize, geometry, gaussians("dino_features"))
+                outputs["dino_features"] = render_features(rasterize, geometry, gaussians("dino_features"))
             if not self.training:
                 outputs["seg_coarse"] = level_features(features, "coarse", self.config.coarse_feature_dim)
         return outputs
 
     def _geometry(self, gaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Dict:
-        """The rasteriser's arguments for the Gaussians `gaussians(name)` returns, seen by one camera."""
-        return dict(
-            means=gaussians("means"),
-            quats=gaussians("quats"),
-            scales=torch.exp(gaussians("scales")),
-            opacities=torch.sigmoid(gaussians("opacities")).squeeze(-1),
-            viewmats=viewmat,
-            Ks=K,
-            width=width,
-            height=height,
-            packed=False,
-            near_plane=0.01,
-            far_plane=1e10,
-            sparse_grad=False,
-            rasterize_mode=self.config.rasterize_mode,
-        )
+        return camera_geometry(gaussians, viewmat, K, width, height, self.config.rasterize_mode)
 
-    @staticmethod
-    def _render_features(rasterize, geometry, features: torch.Tensor) -> torch.Tensor:
-        """Alpha-blend per-Gaussian features like colour, on a zero background: [H, W, D]."""
-        rendered, _, _ = rasterize(colors=features, render_mode="RGB", sh_degree=None, absgrad=False, **geometry)
-        return rendered.squeeze(0)
 
     @torch.no_grad()
     def render_seg_features(self, camera: Cameras) -> torch.Tensor:
@@ -465,15 +484,8 @@ class SplatsegModel(SplatfactoModel):
                       gaussians: Optional[Dict[str, torch.Tensor]] = None) -> torch.Tensor:
         """Alpha-blend any per-Gaussian values [N, C] into one camera's image [H, W, C] (features, selection
         masks), of this model's Gaussians or of `gaussians` (means, quats, scales, opacities as stored)."""
-        geometry = self._geometry(
-            (gaussians or self.gauss_params).__getitem__,
-            world_to_camera(camera.camera_to_worlds),
-            camera.get_intrinsics_matrices().to(self.device),
-            int(camera.width.item()),
-            int(camera.height.item()),
-        )
-        rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
-        return self._render_features(rasterize, geometry, values.to(self.device))
+        return render_values(gaussians or self.gauss_params, camera, values, self.config.rasterize_mode,
+                             self.config.rasterizer)
 
     def _render_rgb(self, rasterize, geometry, gaussians) -> Dict[str, torch.Tensor]:
         """Splatfacto's colour render (SH schedule, background, depth), on the chosen rasteriser."""

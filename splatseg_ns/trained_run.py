@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from PIL import Image
 
 from splatseg_ns.core.contributors import PixelContributors
 from splatseg_ns.core.features import Level, level_features
-from splatseg_ns.core.images import names_image
+from splatseg_ns.core.images import names_image, same_aspect
+from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
 from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
 from splatseg_ns.core.selection import ClickIndex
@@ -78,6 +79,24 @@ class View:
             )
         return column, row
 
+    def read_mask(self, path: Path) -> np.ndarray:
+        """bool [H, W]: a binary mask drawn on this view's image file (> 127 is in), as the rendered view sees it.
+
+        Any size with the image's aspect ratio is accepted (resized nearest); a RunError names the file
+        when it cannot be read or has another aspect ratio."""
+        try:
+            with Image.open(path) as im:
+                mask = np.array(im.convert("L")) > 127
+        except OSError as err:
+            raise RunError(f"{path}: cannot read the mask ({err}); write it as a binary PNG (0 = out, 255 = in).") from err
+        fw, fh = self.file_size
+        if mask.shape != (fh, fw):
+            if not same_aspect(mask.shape, (fh, fw)):
+                raise RunError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {self.name} is {fw}x{fh}, "
+                               "another aspect ratio. Draw the mask on the image file itself (or a uniform rescale).")
+            mask = np.array(Image.fromarray(mask).resize((fw, fh), Image.NEAREST))
+        return self.mask_to_render(mask)
+
     def mask_to_render(self, mask: np.ndarray) -> np.ndarray:
         """A bool mask on the image file, carried into the rendered view (resized and undistorted, nearest)."""
         source = self.source_camera
@@ -101,22 +120,32 @@ class TrainedRun:
         from nerfstudio.utils.eval_utils import eval_setup
 
         config_path = Path(config_path)
-        if not config_path.exists():
+        if not config_path.is_file():
             raise RunError(f"{config_path}: no such run config. Pass the config.yml that ns-train printed.")
         self.config_path = config_path.resolve()
+        check_run_files(config_path)
         try:
             self.config, self.pipeline, self.checkpoint, self.step = eval_setup(config_path, test_mode=test_mode)
-        except AssertionError as err:  # nerfstudio asserts on a missing dataset folder
-            raise RunError(
-                f"{config_path}: could not load the run ({err}). Relative dataset paths are resolved from the "
-                "folder you trained in: run this command from there."
-            ) from err
-        from splatseg_ns.model import SplatsegModel
+        except AssertionError as err:  # nerfstudio asserts on what it cannot find
+            raise RunError(f"{config_path}: could not load the run (nerfstudio: {err or type(err).__name__}).") from err
+        from nerfstudio.models.splatfacto import SplatfactoModel
 
-        if not isinstance(self.pipeline.model, SplatsegModel):
-            raise RunError(f"{config_path} is a {self.config.method_name} run; splatseg tools need a splatseg run.")
-        self.model: SplatsegModel = self.pipeline.model
+        if not isinstance(self.pipeline.model, SplatfactoModel):
+            raise RunError(f"{config_path} is a {self.config.method_name} run; splatseg tools need a splatseg or "
+                           "splatfacto run.")
+        self.model = self.pipeline.model
         self._click_indices: Dict[str, ClickIndex] = {}
+
+    @property
+    def has_features(self) -> bool:
+        """A splatseg run: its Gaussians carry segmentation features (a splatfacto run's do not)."""
+        return "seg_features" in self.model.gauss_params
+
+    def require_features(self, what: str) -> None:
+        if not self.has_features:
+            raise RunError(f"{self.config_path} is a {self.config.method_name} run, whose Gaussians carry no segmentation "
+                           f"features: {what} needs a splatseg run. Select by masks instead (splatseg select --masks DIR), "
+                           f"or train features on it: ns-train splatseg --load-checkpoint ... .")
 
     @classmethod
     def from_pipeline(cls, config_path: Path, pipeline) -> "TrainedRun":
@@ -147,6 +176,10 @@ class TrainedRun:
     def datasets(self) -> Dict[str, "object"]:
         dm = self.pipeline.datamanager
         return {"train": dm.train_dataset, "eval": dm.eval_dataset}
+
+    def view_names(self) -> List[str]:
+        """Every view's image file name, training split first."""
+        return [Path(path).name for dataset in self.datasets().values() for path in dataset.image_filenames]
 
     def view(self, name: str) -> View:
         """The view whose image file is called `name`, training split first. A name with a folder
@@ -191,6 +224,7 @@ class TrainedRun:
             raise RunError(str(err)) from err
 
     def gaussian_features(self, level: Level) -> torch.Tensor:
+        self.require_features("selecting by clicks or names")
         self.check_features_finite()
         return self.level_features(self.model.seg_features.detach(), level)
 
@@ -215,6 +249,21 @@ class TrainedRun:
             self._click_indices[level] = model.level_index(level)
         return self._click_indices[level]
 
+    @torch.no_grad()
+    def mask_weights(self, view_masks: Sequence[Tuple[View, np.ndarray]]) -> torch.Tensor:
+        """[N, 2]: each Gaussian's rendered weight inside and outside the given masks (bool [H, W] in render
+        space), summed over their views (`core.lifting.rendered_weights`)."""
+        from splatseg_ns.model import render_values
+
+        model, totals = self.model, torch.zeros(self.model.num_points, 2, device=self.device)
+        mode, rasterizer = model.config.rasterize_mode, getattr(model.config, "rasterizer", "auto")
+        for view, mask in view_masks:
+            labels = torch.from_numpy(np.where(mask, 0, 1)).to(self.device)
+            totals += rendered_weights(lambda values, v=view: render_values(model.gauss_params, v.camera, values, mode,
+                                                                            rasterizer),
+                                       model.num_points, one_hot_labels(labels, 2))
+        return totals
+
     def pixel_contributors(self, view: View, x: float, y: float) -> PixelContributors:
         """The Gaussians blended at pixel (x, y) of the view's image file, and their weights (no render)."""
         column, row = view.render_pixel(x, y)
@@ -227,3 +276,30 @@ class TrainedRun:
             check_finite_features(self.model.gauss_params[name].detach(), str(self.config_path), self.step, param=name)
         except NonFiniteFeaturesError as err:
             raise RunError(str(err)) from err
+
+
+def check_run_files(config_path: Path) -> None:
+    """What `eval_setup` needs and would only assert on: a config.yml that is a nerfstudio run's, its dataset
+    and a checkpoint. A RunError says which is missing and what to do."""
+    import yaml
+
+    try:
+        config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        detail = " ".join(str(err).split())[:200]
+        raise RunError(f"{config_path}: cannot read this run config ({type(err).__name__}: {detail}); the file is "
+                       "damaged. Pass the config.yml that ns-train wrote.") from err
+    pipeline = getattr(config, "pipeline", None)
+    if pipeline is None or not hasattr(config, "get_checkpoint_dir"):
+        raise RunError(f"{config_path}: not a nerfstudio run config (a {type(config).__name__}). Pass the config.yml "
+                       "that ns-train wrote.")
+    data = getattr(getattr(pipeline, "datamanager", None), "data", None) or getattr(config, "data", None)
+    if data is not None and not Path(data).exists():
+        relative = "" if Path(data).is_absolute() else (" It is a relative path, resolved from the folder you run in: "
+                                                        "run this command from the folder you trained in.")
+        raise RunError(f"{config_path}: the run's dataset {data} does not exist.{relative}")
+    checkpoints = Path(config.get_checkpoint_dir())
+    if not any(checkpoints.glob("step-*.ckpt")):
+        raise RunError(f"{config_path}: no checkpoint (step-*.ckpt) in {checkpoints}; the run saved none yet, or the "
+                       "folder moved. Train until a checkpoint is saved, or fix output_dir in the config.")
+

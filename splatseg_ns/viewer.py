@@ -556,6 +556,7 @@ class SplatsegViewer(nn.Module):
         written = export_selection(output, selection, path, fingerprint(model.means), model.gauss_params,
                                    model.config.sh_degree,
                                    similarity=None if index is None else (lambda: index.similarity),
-                                   margin=model.weak_below(selection.level), invert=invert)
+                                   margin=model.weak_below(selection.level), invert=invert,
+                                   run_path=path.parent / "config.yml")
         self._set(self._written, f"{output.name} ({written} Gaussians), in {output.parent}")
         return output

@@ -55,18 +55,12 @@ def indices(mask: torch.Tensor):
 
 def coverage_alone(run, view, keep: torch.Tensor) -> torch.Tensor:
     """[H, W] accumulated opacity of the Gaussians in `keep` rendered by themselves."""
-    from splatseg_ns.model import pick_rasterizer
-    from splatseg_ns.nerfstudio_compat import world_to_camera
+    from splatseg_ns.model import render_values
 
-    model, camera = run.model, view.camera
-    geometry = dict(
-        means=model.means[keep], quats=model.quats[keep], scales=torch.exp(model.scales[keep]),
-        opacities=torch.sigmoid(model.opacities[keep]).squeeze(-1), viewmats=world_to_camera(camera.camera_to_worlds),
-        Ks=camera.get_intrinsics_matrices().to(model.device), width=view.size[0], height=view.size[1], packed=False,
-        rasterize_mode=model.config.rasterize_mode,
-    )
+    model = run.model
+    gaussians = {name: model.gauss_params[name][keep] for name in ("means", "quats", "scales", "opacities")}
     ones = torch.ones(int(keep.sum()), 1, device=model.device)
-    return model._render_features(pick_rasterizer(model.config.rasterizer, model.device), geometry, ones)[..., 0]
+    return render_values(gaussians, view.camera, ones, model.config.rasterize_mode, model.config.rasterizer)[..., 0]
 
 
 def test_nerfstudio_finds_the_panel_grouped_and_in_order(run):

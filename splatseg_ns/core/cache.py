@@ -56,6 +56,20 @@ class OtherDatasetError(CacheError):
     """The cache folder holds products of another dataset."""
 
 
+MANIFEST_FIELDS = {"image": str, "image_sha1": str, "extractor": str, "settings": dict, "settings_hash": str,
+                   "inputs": dict, "data_bytes": int, "data_sha1": str}
+"""A manifest's fields and their JSON types (a manifest someone edited or a disk damaged is a miss)."""
+
+
+def manifest_problem(manifest: dict) -> str:
+    """The first field of a manifest that is missing or of the wrong type ("" when it is well-formed)."""
+    for name, kind in MANIFEST_FIELDS.items():
+        value = manifest.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return f"field {name!r} is {type(value).__name__ if name in manifest else 'missing'}, not {kind.__name__}"
+    return ""
+
+
 def _read_dict(path: Path) -> Optional[dict]:
     """A JSON object from `path`; None when missing, damaged or not an object."""
     obj = read_json(path)
@@ -120,6 +134,9 @@ class FeatureCache:
             return Lookup("missing", "data without a manifest (interrupted write)" if partial else "not computed")
         if manifest.get("format") != FORMAT_VERSION or manifest.get("product") != product:
             return Lookup("corrupt", "manifest of another format", manifest)
+        damaged = manifest_problem(manifest)
+        if damaged:
+            return Lookup("corrupt", f"damaged manifest ({damaged})", manifest)
         key = self.key(image_path)
         if manifest.get("image") != key:
             return Lookup("corrupt", f"manifest is for {manifest.get('image')!r}, not {key!r}", manifest)

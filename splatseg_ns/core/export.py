@@ -44,24 +44,29 @@ def export_mask(
     margin: float,
     invert: bool = False,
     keep_weak: bool = False,
+    run_path: Optional[Path] = None,
 ) -> np.ndarray:
     """bool [N]: the Gaussians (`params`, splatfacto's `gauss_params`) to write for `selection` (read from `source`).
 
     run_fingerprint: `selection_file.fingerprint` of those Gaussians, which the selection must carry.
-    similarity: gives each Gaussian's cosine to its candidate at the selection's level (called only
-    when weak members are dropped); None when the run has no candidates, which keeps them all.
-    margin: the level's push margin, the similarity below which a member is weak.
+    similarity: gives each Gaussian's confidence in its candidate at the selection's level (called
+    only when weak members are dropped); None when there is none (no candidates, a selection by
+    masks): then only the floaters go. margin: the similarity below which a member is weak. run_path:
+    the run's config.yml (to say when the selection was made on it before its Gaussians changed).
     """
-    check_selection_matches(selection, run_fingerprint, source)
+    check_selection_matches(selection, run_fingerprint, source, run_path)
     selected = selection.mask()
     if not selected.any():
         raise SelectionError(f"{source} selects no Gaussians; nothing to export. Select again with other clicks.")
     if invert:
+        if selected.all():
+            raise SelectionError(f"{source} selects every Gaussian of the run, so the scene without it is empty; "
+                                 "nothing to export.")
         return ~selected
-    if keep_weak or similarity is None:
+    if keep_weak:
         return selected
-    weights = similarity().cpu().numpy()  # before the means: it refuses a diverged run, naming it
-    cleaned = clean_selection(params["means"].detach().cpu().numpy(), selected, weights, margin)
+    weights = similarity().cpu().numpy() if similarity is not None else None  # before the means: it refuses a
+    cleaned = clean_selection(params["means"].detach().cpu().numpy(), selected, weights, margin)  # diverged run
     if not cleaned.any():
         raise SelectionError(f"{source}: every selected Gaussian looks like a floater; export with --keep-weak.")
     return cleaned
@@ -78,7 +83,8 @@ def export_selection(
     margin: float,
     invert: bool = False,
     keep_weak: bool = False,
+    run_path: Optional[Path] = None,
 ) -> int:
     """Write the selected object (or the scene without it) to `output`; returns the Gaussians written."""
-    keep = export_mask(selection, source, run_fingerprint, params, similarity, margin, invert, keep_weak)
+    keep = export_mask(selection, source, run_fingerprint, params, similarity, margin, invert, keep_weak, run_path)
     return write_gaussians_ply(output, **gaussian_arrays(params, sh_degree, keep))

@@ -72,6 +72,12 @@ class GFLConfig(LoadsOlderConfigs):
             GFL then pulls towards one copy and pushes from the other, and a click picks only
             one. Distinct objects of a run without GFL can be 0.95 apart, so keep it high.
             Default 0.98; None turns it off.
+        merge_shared_views: ... but only clusters whose masks rarely come from the same view: a
+            view's masks are different things by construction, so two clusters with masks in
+            most of the same views are two parts whose features have not separated yet (GFL
+            would fuse them for good), not near-copies of one (each view holds one mask of a
+            part, which HDBSCAN puts in one copy or the other). Merged when the views holding a
+            mask of both are fewer than this fraction of the views of the smaller. Default 0.5.
     """
 
     start_step: int = 2000
@@ -86,6 +92,7 @@ class GFLConfig(LoadsOlderConfigs):
     weight: float = 10.0
     max_gaussians: Optional[int] = 100_000
     merge_above: Optional[float] = 0.98
+    merge_shared_views: float = 0.5
 
 
 @dataclass
@@ -217,6 +224,8 @@ def cluster_candidates(
     min_samples: Optional[int] = None,
     allow_single_cluster: bool = False,
     merge_above: Optional[float] = None,
+    mask_views: Optional[torch.Tensor] = None,
+    merge_shared_views: float = 0.5,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Cluster per-mask mean features into global candidates (Click-Gaussian Sec. 3.3).
 
@@ -224,7 +233,8 @@ def cluster_candidates(
     of cosine (|a - b|^2 = 2 - 2 cos), the similarity every loss uses; the paper's
     cluster_selection_epsilon is applied in that space. Each candidate is the normalised mean
     of its members' unit features.
-    With `merge_above`, clusters whose centres are closer than that cosine are merged, and when
+    With `merge_above`, clusters whose centres are closer than that cosine are merged (with
+    `mask_views`, the view of each mask, only those that share few views: `GFLConfig`), and when
     HDBSCAN finds none, all masks form one cluster if they all lie that close to their mean.
     Returns (centers [K, D] unit-norm, labels [M] long, -1 = noise), on the input's device.
     K is 0 when there are fewer masks than `min_cluster_size` or HDBSCAN finds only noise.
@@ -246,7 +256,7 @@ def cluster_candidates(
     if merge_above is not None:
         if int(labels.max()) < 0 and (unit @ F.normalize(unit.mean(0), dim=0)).min() > merge_above:
             labels = torch.zeros_like(labels)  # one tight group: the scene's only object
-        labels = merge_close_clusters(unit, labels, merge_above)
+        labels = merge_close_clusters(unit, labels, merge_above, mask_views, merge_shared_views)
     num_clusters = int(labels.max()) + 1
     if num_clusters <= 0:
         return empty, labels
@@ -261,16 +271,28 @@ def _cluster_centers(unit: torch.Tensor, labels: torch.Tensor, num_clusters: int
     return F.normalize(sums, dim=-1)
 
 
-def merge_close_clusters(unit: torch.Tensor, labels: torch.Tensor, above: float) -> torch.Tensor:
+def merge_close_clusters(unit: torch.Tensor, labels: torch.Tensor, above: float,
+                         mask_views: Optional[torch.Tensor] = None, shared_views: float = 0.5) -> torch.Tensor:
     """Relabel so that clusters whose centres have a cosine above `above` (directly or through a chain
-    of such pairs) become one; labels stay 0..K'-1, noise stays -1."""
+    of such pairs) become one; labels stay 0..K'-1, noise stays -1. With `mask_views` [M] (each mask's
+    view), a close pair merges only when the views holding a mask of both are fewer than
+    `shared_views` times the views of the smaller cluster (`GFLConfig.merge_shared_views`)."""
     num_clusters = int(labels.max()) + 1
     if num_clusters < 2:
         return labels
     from scipy.sparse.csgraph import connected_components
 
     centers = _cluster_centers(unit, labels, num_clusters)
-    close = ((centers @ centers.T) > above).cpu().numpy()
+    close = (centers @ centers.T) > above
+    if mask_views is not None:
+        member = labels >= 0
+        seen = torch.zeros(num_clusters, int(mask_views.max()) + 1, device=labels.device)
+        seen[labels[member], mask_views[member].to(labels.device).long()] = 1.0
+        shared = seen @ seen.T  # views with a mask of both
+        views = seen.sum(dim=1)
+        close &= shared < shared_views * torch.minimum(views[:, None], views[None, :])
+        close |= torch.eye(num_clusters, dtype=torch.bool, device=close.device)
+    close = close.cpu().numpy()
     _, group = connected_components(close, directed=False)
     group = torch.from_numpy(group).to(labels.device)  # numbered by each group's lowest cluster: already compact
     return torch.where(labels >= 0, group[labels.clamp(min=0)], labels)
@@ -322,7 +344,8 @@ def build_global_candidates(
             torch.cat(store[key]) for key in ("features", "views", "ids", "areas")
         )
         centers, labels = cluster_candidates(features, min_size, epsilons[level], config.min_samples,
-                                             merge_above=config.merge_above)
+                                             merge_above=config.merge_above, mask_views=views_of,
+                                             merge_shared_views=config.merge_shared_views)
         levels[level] = LevelCandidates(centers, features, labels, views_of, ids_of, areas_of)
     return GlobalCandidates(levels["coarse"], levels["fine"], coarse_dim, num_views)
 

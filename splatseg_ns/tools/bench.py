@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from splatseg_ns.core.contributors import GaussianGrid, click_candidate, pixel_contributors
 from splatseg_ns.core.ply import write_gaussians_ply
 from splatseg_ns.core.rasterize import rasterize as torch_rasterize
 from splatseg_ns.core.selection import precompute_click_index, rank_candidates_by_text
@@ -60,6 +61,7 @@ MEASURED_KEYS = (
     "precompute_s", "precompute_coarse_s", "click_ms", "click_pos_neg_ms", "floor_matvec_ms",
     "floor_compare_ms", "ratio_vs_compare", "ratio_pos_neg_vs_compare", "ratio_vs_matvec",
     "text_ms", "render_ms", "export_s", "export_floor_s", "export_ratio",
+    "pixel_click_ms", "pixel_contributors_ms", "floor_positions_ms", "pixel_click_ratio",
 )  # fmt: skip
 """Keys of a row that hold a measured (positive, finite) number when their part was run."""
 
@@ -145,6 +147,7 @@ def speed_table(
             row: Dict = {"size": int(n), **env, "feature_dim": feature_dim, "num_candidates": num_candidates}
             features = _synthetic_features(n, centers, gen)
             row.update(_selection_timings(timer, features, centers, coarse_centers, coarse_dim, gen))
+            row.update(_pixel_click_timings(timer, features, centers, render_resolution, gen))
             row["text_ms"] = timer.median_s(lambda: rank_candidates_by_text(text, clip)) * 1e3
             row.update(render_ms=None, render_resolution=render_resolution, renderer=renderer, render_note="")
             if include_render:
@@ -343,6 +346,59 @@ def _selection_timings(
     return out
 
 
+@torch.no_grad()
+def _synthetic_scene(n: int, resolution: int, gen: torch.Generator, device: torch.device) -> Dict[str, torch.Tensor]:
+    """Gaussians on surfaces, as a reconstruction has them: the spheres of eight objects 2 to 4 units in front
+    of a pinhole camera with a 90-degree field of view, and a wall behind them; sizes scaling as N^(-1/2)
+    (2 cm at 100k), as a denser reconstruction of the same surfaces would; random orientations, opacities
+    0.05-0.95."""
+    spheres = torch.rand(8, 4, generator=gen, device=device) * torch.tensor([1.6, 1.6, 1.6, 0.3], device=device)
+    spheres += torch.tensor([-0.8, -0.8, 2.2, 0.25], device=device)
+    on_wall = torch.rand(n, generator=gen, device=device) < 0.3
+    which = torch.randint(0, 8, (n,), generator=gen, device=device)
+    directions = F.normalize(torch.randn(n, 3, generator=gen, device=device), dim=-1)
+    means = spheres[which, :3] + spheres[which, 3:] * directions
+    wall = torch.rand(n, 3, generator=gen, device=device) * torch.tensor([5.0, 5.0, 0.0], device=device)
+    means = torch.where(on_wall[:, None], wall + torch.tensor([-2.5, -2.5, 4.5], device=device), means)
+    quats = torch.randn(n, 4, generator=gen, device=device)
+    size = 0.02 * (1e5 / n) ** 0.5
+    scales = torch.empty(n, 3, device=device).uniform_(0.5 * size, 1.5 * size, generator=gen)
+    opacities = torch.rand(n, generator=gen, device=device) * 0.9 + 0.05
+    f = resolution / 2.0
+    K = torch.tensor([[f, 0.0, resolution / 2.0], [0.0, f, resolution / 2.0], [0.0, 0.0, 1.0]], device=device)
+    return {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "K": K,
+            "viewmat": torch.eye(4, device=device)}
+
+
+@torch.no_grad()
+def _pixel_click_timings(timer: _Timer, features: torch.Tensor, centers: torch.Tensor, resolution: int,
+                         gen: torch.Generator) -> Dict:
+    """A click from its pixel to the selection (the pixel's contributors, their candidate, the gather: what
+    `splatseg select` and the viewer do per click, with the scene's `GaussianGrid` built once beforehand),
+    against one pass over the Gaussians' positions (their depths along the camera's axis, `means @ axis`)."""
+    scene = _synthetic_scene(features.shape[0], resolution, gen, features.device)
+    index = precompute_click_index(features, centers)
+    max_scale = scene["scales"].amax(dim=-1)  # kept with the grid: neither depends on the click
+    grid = GaussianGrid.build(scene["means"], max_scale)
+    pixel = resolution // 2
+
+    def contributors():
+        return pixel_contributors(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["viewmat"],
+                                  scene["K"], resolution, resolution, pixel, pixel, max_scale=max_scale, grid=grid)
+
+    def click():
+        found = contributors()
+        candidate, _ = click_candidate(found, index.assignment, index.num_candidates)
+        return index.select(found.blend(features)[None], click_ids=torch.tensor([candidate], device=features.device))
+
+    axis = scene["viewmat"][2, :3]
+    out = {"pixel_click_ms": timer.median_s(click) * 1e3, "pixel_contributors_ms": timer.median_s(contributors) * 1e3,
+           "floor_positions_ms": timer.median_s(lambda: scene["means"] @ axis) * 1e3,
+           "pixel_contributor_count": int(contributors().ids.numel())}
+    out["pixel_click_ratio"] = out["pixel_click_ms"] / out["floor_positions_ms"]
+    return out
+
+
 def _rasterizer(device: torch.device) -> Tuple[Callable, str]:
     """gsplat's CUDA rasteriser when it can run here, else splatseg's pure-torch one."""
     if device.type == "cuda":
@@ -365,19 +421,11 @@ def _render_timing(
     a 90-degree field of view, sizes scaling as N^(-1/3) (3 cm at 100k), as a denser
     reconstruction of the same scene would, random orientations, opacities 0.05-0.95.
     """
-    n, device = features.shape[0], features.device
-    means = torch.rand(n, 3, generator=gen, device=device) * 2.0
-    means += torch.tensor([-1.0, -1.0, 2.0], device=device)
-    quats = torch.randn(n, 4, generator=gen, device=device)
-    size = 0.03 * (1e5 / n) ** (1.0 / 3.0)
-    scales = torch.empty(n, 3, device=device).uniform_(0.5 * size, 1.5 * size, generator=gen)
-    opacities = torch.rand(n, generator=gen, device=device) * 0.9 + 0.05
-    f = resolution / 2.0
-    Ks = torch.tensor([[f, 0.0, resolution / 2.0], [0.0, f, resolution / 2.0], [0.0, 0.0, 1.0]], device=device)[None]
-    viewmats = torch.eye(4, device=device)[None]
+    scene = _synthetic_scene(features.shape[0], resolution, gen, features.device)
 
     def render():
-        return render_fn(means, quats, scales, opacities, features, viewmats, Ks, resolution, resolution)
+        return render_fn(scene["means"], scene["quats"], scene["scales"], scene["opacities"], features,
+                         scene["viewmat"][None], scene["K"][None], resolution, resolution)
 
     cold = timer.once(render)
     if cold > cap_s:

@@ -23,12 +23,11 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
-from PIL import Image
 
-from splatseg_ns.core.images import same_aspect
+from splatseg_ns.core.features import LEVELS
 from splatseg_ns.core.metrics import iou, mask_metrics, precision, recall, summarise
 from splatseg_ns.core.ply import read_gaussians_ply
-from splatseg_ns.core.selection_file import Selection
+from splatseg_ns.core.selection_file import Selection, SelectionError
 from splatseg_ns.tools.export import export_selection
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun, View
@@ -38,12 +37,43 @@ SPLITS = {"train": "train_views", "eval": "heldout_views"}
 
 
 def load_prompts(benchmark_dir: Path) -> List[Dict[str, Any]]:
+    """The prompts of a benchmark folder, every field checked; a RunError names the file, the prompt and the
+    field."""
     path = Path(benchmark_dir) / "prompts.json"
-    if not path.exists():
-        raise RunError(f"{path}: missing. A benchmark folder holds prompts.json and gt/<name>/<image stem>.png.")
-    prompts = json.loads(path.read_text())
-    if not isinstance(prompts, list) or not all(isinstance(p, dict) and {"name", "view", "positive"} <= set(p) for p in prompts):
-        raise RunError(f"{path}: expected a list of {{name, view, positive, negative, level}} objects.")
+    if not path.is_file():
+        raise RunError(f"{path}: missing. A benchmark folder holds prompts.json and gt/<name>/<image stem>.png "
+                       "(`splatseg make-benchmark` writes one).")
+    try:
+        prompts = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: not JSON ({err}); write it again with `splatseg make-benchmark`.") from err
+    shape = "a list of {name, view, positive: [[x, y], ...], negative: [[x, y], ...], level} objects"
+    if not isinstance(prompts, list) or not prompts:
+        raise RunError(f"{path}: expected {shape}, got {type(prompts).__name__ if prompts else 'nothing'}.")
+    names = set()
+    for number, prompt in enumerate(prompts):
+        where = f"{path}: prompt {number}"
+        if not isinstance(prompt, dict):
+            raise RunError(f"{where} is a {type(prompt).__name__}; expected {shape}.")
+        name = prompt.get("name")
+        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+            raise RunError(f"{where}: field 'name' must be a non-empty name of its gt/ folder, not {name!r}.")
+        if name in names:
+            raise RunError(f"{where}: name {name!r} is used twice; prompts need their own gt/<name>/ folders.")
+        names.add(name)
+        where = f"{path}: prompt {name!r}"
+        if not isinstance(prompt.get("view"), str):
+            raise RunError(f"{where}: field 'view' must be an image file name, not {prompt.get('view')!r}.")
+        for key in ("positive", "negative"):
+            pixels = prompt.get(key, [])
+            if not isinstance(pixels, list) or not all(
+                isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                            for v in p) for p in pixels):
+                raise RunError(f"{where}: field {key!r} must be a list of [x, y] pixels, not {pixels!r}.")
+        if not prompt.get("positive"):
+            raise RunError(f"{where}: field 'positive' needs at least one [x, y] click.")
+        if prompt.get("level", "coarse") not in LEVELS:
+            raise RunError(f"{where}: field 'level' must be coarse or fine, not {prompt.get('level')!r}.")
     return prompts
 
 
@@ -66,21 +96,6 @@ def render_ply_alone(run: TrainedRun, view: View, ply: Dict[str, np.ndarray]) ->
     return (run.model.render_values(view.camera, ones, gaussians)[..., 0] > 0.5).cpu().numpy()
 
 
-def read_gt_mask(path: Path, view: View) -> np.ndarray:
-    """The ground-truth mask (drawn on the image file) as the rendered view sees it."""
-    try:
-        with Image.open(path) as im:
-            mask = np.array(im.convert("L")) > 127
-    except OSError as err:
-        raise RunError(f"{path}: cannot read the ground-truth mask ({err}); write it as a binary PNG.") from err
-    fw, fh = view.file_size
-    if mask.shape != (fh, fw):
-        if not same_aspect(mask.shape, (fh, fw)):
-            raise RunError(f"{path}: mask is {mask.shape[1]}x{mask.shape[0]}, its image {fw}x{fh} (another aspect ratio).")
-        mask = np.array(Image.fromarray(mask).resize((fw, fh), Image.NEAREST))
-    return view.mask_to_render(mask)
-
-
 def _means(views: List[Dict[str, Any]], keys=("iou", "accuracy", "boundary_iou")) -> Dict[str, Optional[float]]:
     return {key: (float(np.mean([v[key] for v in views])) if views else None) for key in keys}
 
@@ -92,12 +107,16 @@ def score_export(run: TrainedRun, selection: Selection, amodal_dir: Path) -> Opt
         return None
     with tempfile.TemporaryDirectory(prefix="splatseg_eval_") as folder:
         source, output = Path(folder) / "selection.json", Path(folder) / "object.ply"
-        written = export_selection(run, selection, source, output)
-        ply = read_gaussians_ply(output)
+        try:
+            written = export_selection(run, selection, source, output)
+            ply = read_gaussians_ply(output)
+        except (SelectionError, ValueError):  # nothing to export (nothing selected, or only floaters): all missed
+            written, ply = 0, None
     views = []
     for path in files:
         view = run.view(path.stem)
-        pred, gt = render_ply_alone(run, view, ply), read_gt_mask(path, view)
+        gt = view.read_mask(path)
+        pred = render_ply_alone(run, view, ply) if ply is not None else np.zeros_like(gt)
         views.append({"view": view.name, "split": view.split, "precision": precision(pred, gt),
                       "recall": recall(pred, gt), "iou": iou(pred, gt)})
     keys = ("precision", "recall", "iou")
@@ -112,30 +131,39 @@ def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
     benchmark_dir = Path(benchmark_dir)
     per_prompt = []
     for prompt in load_prompts(benchmark_dir):
-        selection = select_by_view_clicks(
-            run, prompt["view"], [tuple(p) for p in prompt["positive"]],
-            [tuple(p) for p in prompt.get("negative", [])], prompt.get("level", "coarse"),
-        )
-        selected = torch.zeros(run.model.num_points, dtype=torch.bool, device=run.device)
-        selected[torch.tensor(selection.indices, dtype=torch.long, device=run.device)] = True
-        gt_files = sorted((benchmark_dir / "gt" / prompt["name"]).glob("*.png"))
-        if not gt_files:
-            raise RunError(f"{benchmark_dir / 'gt' / prompt['name']}: no ground-truth masks for prompt {prompt['name']!r}.")
-        views = []
-        for gt_file in gt_files:
-            view = run.view(gt_file.stem)
-            scores = mask_metrics(render_selection_mask(run, view, selected), read_gt_mask(gt_file, view))
-            views.append({"view": view.name, "split": view.split, **scores})
-        entry = {"name": prompt["name"], "level": selection.level, "view": prompt["view"],
-                 "view_split": run.view(prompt["view"]).split, "num_gaussians": len(selection.indices),
-                 **_means(views), "views": views}
-        for split, key in SPLITS.items():
-            entry[key] = _means([v for v in views if v["split"] == split])
-        exported = score_export(run, selection, benchmark_dir / "amodal" / prompt["name"])
-        if exported is not None:
-            entry["export"] = exported
+        try:
+            entry = evaluate_prompt(run, benchmark_dir, prompt)
+        except RunError as err:
+            raise RunError(f"{benchmark_dir / 'prompts.json'}: prompt {prompt['name']!r}: {err}") from err
         per_prompt.append(entry)
     return {"prompts": per_prompt, "overall": summarise_splits(per_prompt)}
+
+
+def evaluate_prompt(run: TrainedRun, benchmark_dir: Path, prompt: Dict[str, Any]) -> Dict[str, Any]:
+    """One prompt's selection, scored on its views (and its export on the amodal masks, when there are some)."""
+    selection = select_by_view_clicks(
+        run, prompt["view"], [tuple(p) for p in prompt["positive"]],
+        [tuple(p) for p in prompt.get("negative", [])], prompt.get("level", "coarse"),
+    )
+    selected = torch.zeros(run.model.num_points, dtype=torch.bool, device=run.device)
+    selected[torch.tensor(selection.indices, dtype=torch.long, device=run.device)] = True
+    gt_files = sorted((benchmark_dir / "gt" / prompt["name"]).glob("*.png"))
+    if not gt_files:
+        raise RunError(f"{benchmark_dir / 'gt' / prompt['name']}: no ground-truth masks for prompt {prompt['name']!r}.")
+    views = []
+    for gt_file in gt_files:
+        view = run.view(gt_file.stem)
+        scores = mask_metrics(render_selection_mask(run, view, selected), view.read_mask(gt_file))
+        views.append({"view": view.name, "split": view.split, **scores})
+    entry = {"name": prompt["name"], "level": selection.level, "view": prompt["view"],
+             "view_split": run.view(prompt["view"]).split, "num_gaussians": len(selection.indices),
+             **_means(views), "views": views}
+    for split, key in SPLITS.items():
+        entry[key] = _means([v for v in views if v["split"] == split])
+    exported = score_export(run, selection, benchmark_dir / "amodal" / prompt["name"])
+    if exported is not None:
+        entry["export"] = exported
+    return entry
 
 
 def summarise_splits(per_prompt: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -5,7 +5,8 @@ Two sources of per-view object masks:
   scene): one prompt per instance visible in the prompt view;
 - "alpha": the images' alpha channel (e.g. the NeRF-synthetic lego scene): one prompt, "object".
 Each prompt clicks a prompt view once, at the pixel deepest inside the object (the maximum of
-its distance transform), and is scored on the score views. With several prompt views, every
+its distance transform), and is scored on the score views where it shows at least `min_pixels`
+pixels (where it is hidden, or shows a few, a 1-pixel shift would decide its IoU). With several prompt views, every
 object gets a prompt in each (named `<object>@<view stem>`): clicks made in training views and in
 views held out of training are scored alike. A dataset whose scene.json names its objects and
 parts (the procedural scenes) names the prompts after them, and its `amodal/<name>/` silhouettes
@@ -109,10 +110,13 @@ def write_benchmark(data_dir: Path, output_dir: Path, source: Source, prompt_vie
             if mask.sum() < min_pixels:
                 continue
             name = entity if len(prompt_views) == 1 else f"{entity}@{prompt_image.stem}"
+            shown = {view: masks[entity] for view, masks in score_masks.items()
+                     if entity in masks and masks[entity].sum() >= min_pixels}  # a few pixels: IoU a coin flip
+            if not shown:
+                continue
             prompts.append({"name": name, "entity": entity, "view": view_name(data_dir, prompt_image, prompt_name),
                             "positive": [deepest_pixel(mask)], "negative": [], "level": level})
-            for view, masks in score_masks.items():
-                gt = masks.get(entity, np.zeros_like(mask))
+            for view, gt in shown.items():
                 _save_binary(output_dir / "gt" / name / f"{Path(view).stem}.png", gt)
                 amodal = data_dir / "amodal" / entity / score_images[view].name
                 if amodal.exists():

@@ -5,12 +5,17 @@ A click picks the candidate that the Gaussians blended at its pixel carry most w
 belong to no candidate, so a floater in front of an object cannot steal the click; a name picks
 the candidate whose masks' CLIP embeddings match it best. Positive clicks add candidates,
 negative ones remove them (a candidate hit by both is split by which click each of its Gaussians
-is closer to); `core.selection.select_prompts` is the rule, the one the viewer uses too. The
-result is a selection file for `splatseg export`.
+is closer to); `core.selection.select_prompts` is the rule, the one the viewer uses too.
+
+Masks of one object in some views (`--masks DIR`, e.g. from a text-prompted detector) select it
+without any feature: every Gaussian votes with its rendered weight inside and outside them
+(FlashSplat's lifting, `core.lifting`), on a splatseg or a plain splatfacto run. The result is a
+selection file for `splatseg export`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -18,6 +23,7 @@ import torch
 from splatseg_ns.core.clip_embeddings import clip_text_encoder
 from splatseg_ns.core.contributors import PixelContributors, click_candidate
 from splatseg_ns.core.features import Level
+from splatseg_ns.core.lifting import tally_votes
 from splatseg_ns.core.selection import MIN_CLICK_OPACITY, ClickIndex, select_by_text, select_prompts
 from splatseg_ns.core.selection_file import Selection
 from splatseg_ns.trained_run import RunError, TrainedRun, View
@@ -101,3 +107,44 @@ def select_by_text_query(
     indices: List[int] = selected.nonzero().squeeze(-1).cpu().tolist()
     prompts = {"text": text, "candidates": chosen.cpu().tolist(), "threshold": threshold}
     return Selection(str(run.config_path), run.fingerprint, level, indices, prompts)
+
+
+MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_LEVEL = "masks"
+"""The level a selection by masks records (it comes from no feature level)."""
+
+
+def select_by_masks(run: TrainedRun, mask_dir: Path, min_weight: float = 1e-3) -> Selection:
+    """The Gaussians that carry more of their rendered weight inside the masks of `mask_dir` than outside,
+    over the views that have one: DIR/<image stem>.png, binary (> 127 = the object), on the image files
+    (any size of the image's aspect). Views without a mask do not count."""
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise RunError(f"{mask_dir}: no such folder. Give --masks a folder of binary masks named like the images "
+                       "(frame_00001.png for the view frame_00001.png).")
+    files = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    if not files:
+        raise RunError(f"{mask_dir}: no masks (.png or .jpg) in it. Put one binary mask per view there, named like "
+                       "the view's image.")
+    view_masks, unknown = [], []
+    for path in files:
+        try:
+            view = run.view(path.stem)
+        except RunError:
+            unknown.append(path.name)
+            continue
+        view_masks.append((view, view.read_mask(path)))
+    if not view_masks:
+        examples = ", ".join(unknown[:3])
+        raise RunError(f"{mask_dir}: none of its masks is named like a view of this run ({examples}, ...); name each "
+                       f"mask like its image file (e.g. {run.view_names()[0]}).")
+    if not any(mask.any() for _, mask in view_masks):
+        raise RunError(f"{mask_dir}: every mask is empty (no pixel > 127); draw the object in white on black.")
+    votes = tally_votes(run.mask_weights(view_masks), min_weight=min_weight)
+    indices: List[int] = (votes.labels == 0).nonzero().squeeze(-1).cpu().tolist()
+    if not indices:
+        raise RunError(f"{mask_dir}: the masks select no Gaussian (none carries more weight inside them than outside); "
+                       "check that each mask belongs to the view it is named after.")
+    prompts = {"masks": str(mask_dir.resolve()), "views": [view.name for view, _ in view_masks],
+               "ignored": unknown}
+    return Selection(str(run.config_path), run.fingerprint, MASK_LEVEL, indices, prompts)

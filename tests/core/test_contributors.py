@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splatseg_ns.core.contributors import click_candidate, pixel_contributors
+from splatseg_ns.core.contributors import GaussianGrid, click_candidate, pixel_contributors
 from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
 from splatseg_ns.core.rasterize import rasterize
 from tests.helpers import make_scene
@@ -24,17 +24,19 @@ def full_render_weights(scene, rasterize_mode="classic"):
     return rendered_weights(render, scene["means"].shape[0], target, dtype=scene["means"].dtype)
 
 
-@pytest.mark.parametrize("rasterize_mode", ["classic", "antialiased"])
-def test_contributors_equal_the_full_render_at_every_pixel(rasterize_mode):
+@pytest.mark.parametrize("rasterize_mode,with_grid", [("classic", False), ("antialiased", False), ("classic", True),
+                                                     ("antialiased", True)])
+def test_contributors_equal_the_full_render_at_every_pixel(rasterize_mode, with_grid):
     scene = make_scene(300, 32, 24, seed=3)  # behind the camera, off-screen, opaque walls, huge ones
     weights = full_render_weights(scene, rasterize_mode)
     W, H = scene["width"], scene["height"]
+    grid = GaussianGrid.build(scene["means"], scene["scales"].amax(-1), per_cell=4) if with_grid else None
     checked = 0
     for row in range(H):
         for column in range(W):
             found = pixel_contributors(scene["means"], scene["quats"], scene["scales"], scene["opacities"],
                                        scene["viewmats"][0], scene["Ks"][0], W, H, column, row,
-                                       rasterize_mode=rasterize_mode)
+                                       rasterize_mode=rasterize_mode, grid=grid)
             expected = weights[:, row * W + column]
             dense = torch.zeros_like(expected)
             dense[found.ids] = found.weights
@@ -42,6 +44,20 @@ def test_contributors_equal_the_full_render_at_every_pixel(rasterize_mode):
             assert (expected[found.ids] > 0).all()  # every contributor listed really contributes
             checked += int(found.ids.numel() > 0)
     assert checked > 0.5 * W * H
+
+
+def test_the_grid_visits_few_gaussians_for_a_pixel():
+    g = torch.Generator().manual_seed(0)
+    means = torch.rand(20000, 3, generator=g) * 2 + torch.tensor([-1.0, -1.0, 2.0])
+    scales = torch.full((20000, 3), 0.01)
+    grid = GaussianGrid.build(means, scales.amax(-1))
+    assert grid.counts.sum() == 20000 and torch.equal(torch.sort(grid.order).values, torch.arange(20000))
+    ray = torch.tensor([0.0, 0.0, 1.0])
+    near = grid.candidates(torch.eye(4), ray, 1 / 64, (1.2, 1.2), 0.01)
+    assert 0 < near.numel() < 0.25 * 20000
+    # every Gaussian within reach of the ray is among them
+    within = ((means[:, :2].norm(dim=-1)) < 0.05).nonzero().squeeze(-1)
+    assert torch.isin(within, near).all()
 
 
 def test_contributors_are_front_to_back_and_stop_where_the_render_does():

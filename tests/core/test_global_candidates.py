@@ -288,6 +288,23 @@ def test_near_copies_of_one_cluster_merge_and_distinct_ones_stay():
     assert merge_close_clusters(unit, labels, above=0.999).tolist() == labels.tolist()
 
 
+def test_close_clusters_whose_masks_share_views_are_two_parts_and_stay_apart():
+    from splatseg_ns.core.global_candidates import merge_close_clusters
+
+    gen = torch.Generator().manual_seed(3)
+    a = F.normalize(torch.randn(8, generator=gen), dim=0)
+    a2 = F.normalize(a + 0.1 * F.normalize(torch.randn(8, generator=gen), dim=0), dim=0)  # cos(a, a2) > 0.99
+    unit = torch.stack([a, a, a, a2, a2, a2])
+    labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    # Near-copies of one part: each view holds one mask, in one copy or the other.
+    assert merge_close_clusters(unit, labels, 0.9, torch.tensor([0, 1, 2, 3, 4, 5])).tolist() == [0] * 6
+    # Two parts not yet apart: both are masked, separately, in the same views.
+    parts = merge_close_clusters(unit, labels, 0.9, torch.tensor([0, 1, 2, 0, 1, 2]))
+    assert parts.tolist() == [0, 0, 0, 1, 1, 1]
+    # A few shared views (a noisy mask split in two) do not keep near-copies apart.
+    assert merge_close_clusters(unit, labels, 0.9, torch.tensor([0, 1, 2, 0, 4, 5]), 0.5).tolist() == [0] * 6
+
+
 def test_a_single_tight_group_becomes_one_candidate_not_two_or_none():
     """One object seen in every view: HDBSCAN never keeps a lone cluster whole."""
     gen = torch.Generator().manual_seed(0)

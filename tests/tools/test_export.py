@@ -80,7 +80,8 @@ def test_click_selects_one_object_and_export_writes_it(run, objects, tmp_path):
 
 
 def test_segments_export(run, tmp_path):
-    paths = export_segments(run, tmp_path / "segments")
+    paths, replaced = export_segments(run, tmp_path / "segments")
+    assert replaced == 0
     assert paths[-1].name == "segments_coloured.ply" and len(paths) >= 3
     coloured = read_gaussians_ply(paths[-1])
     assert len(coloured["x"]) > 0.9 * run.model.num_points

@@ -5,9 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from splatseg_ns.core.metrics import iou
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError
 
@@ -65,3 +68,52 @@ def test_click_on_background_names_the_view_and_says_to_click_an_object():
                               "click on the object you want.")
     with pytest.raises(RunError, match=r"Click \(40, 3\) is outside view frame_00001.png \(32x24 pixels\)"):
         run.pixel_contributors(view, 40, 3)
+
+
+def test_masks_of_a_few_views_select_their_object(run, demo_scene, tmp_path):
+    from splatseg_ns.tools.evaluate import render_selection_mask
+    from splatseg_ns.tools.make_benchmark import object_masks
+    from splatseg_ns.tools.select import select_by_masks
+
+    images = sorted((demo_scene / "images").glob("*.png"))
+    name = "mushroom"
+    masks_dir = tmp_path / "masks"
+    masks_dir.mkdir()
+    for image in images[::8]:  # 3 of the 24 views
+        mask = object_masks(demo_scene, image, "coarse")[name]
+        Image.fromarray((mask * 255).astype(np.uint8)).resize((128, 128), Image.NEAREST).save(masks_dir / image.name)
+    selection = select_by_masks(run, masks_dir)
+    assert selection.level == "masks" and len(selection.prompts["views"]) == 3
+    selected = torch.zeros(run.model.num_points, dtype=torch.bool)
+    selected[torch.tensor(selection.indices)] = True
+    scores = []
+    for image in images[4::8]:  # views that had no mask
+        view = run.view(image.name)
+        truth = view.mask_to_render(object_masks(demo_scene, image, "coarse")[name])
+        scores.append(iou(render_selection_mask(run, view, selected), truth))
+    assert min(scores) > 0.8, scores
+
+
+def test_bad_mask_folders_say_what_is_wrong(run, tmp_path):
+    from splatseg_ns.tools.select import select_by_masks
+
+    with pytest.raises(RunError, match="no such folder"):
+        select_by_masks(run, tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunError, match=r"no masks \(.png or .jpg\)"):
+        select_by_masks(run, tmp_path / "empty")
+    strangers = tmp_path / "strangers"
+    strangers.mkdir()
+    Image.fromarray(np.full((64, 64), 255, np.uint8)).save(strangers / "holiday.png")
+    with pytest.raises(RunError, match=r"none of its masks is named like a view of this run \(holiday.png.*frame_00001"):
+        select_by_masks(run, strangers)
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(blank / "frame_00001.png")
+    with pytest.raises(RunError, match="every mask is empty"):
+        select_by_masks(run, blank)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    Image.fromarray(np.full((32, 64), 255, np.uint8)).save(wide / "frame_00001.png")
+    with pytest.raises(RunError, match=r"frame_00001.png: mask is 64x32 but its image frame_00001.png is 64x64"):
+        select_by_masks(run, wide)
