@@ -72,6 +72,58 @@ def evaluate_both(config: Path, benchmarks: Dict[str, Path]) -> Dict[str, Dict]:
     return results
 
 
+def select_by_masks_scores(config: Path, scene_dir: Path, share: float = 0.1) -> Dict[str, Dict]:
+    """`splatseg select --masks` per object with the exact masks of `share` of the training views (evenly
+    spaced), scored on the views without a mask like the click prompts (visible masks), and its export
+    rendered alone against the amodal masks; with the time each selection took."""
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from splatseg_ns.core.metrics import iou, precision, recall
+    from splatseg_ns.core.ply import read_gaussians_ply
+    from splatseg_ns.tools.evaluate import render_ply_alone, render_selection_mask
+    from splatseg_ns.tools.export import export_selection
+    from splatseg_ns.tools.select import select_by_masks
+    from splatseg_ns.trained_run import TrainedRun
+
+    run = TrainedRun(config)
+    scene = json.loads((scene_dir / "scene.json").read_text())
+    train = scene["train_views"]
+    given = train[:: max(1, round(1 / share))]
+    scored = [v for v in train if v not in given][::4] + scene["heldout_views"]
+    out: Dict[str, Dict] = {}
+    for obj in scene["objects"]:
+        if obj["name"] == "floor":
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            for view in given:
+                ids = np.array(Image.open(scene_dir / "coarse" / view))
+                Image.fromarray(((ids == obj["coarse_id"]) * 255).astype(np.uint8)).save(Path(folder) / view)
+            start = time.perf_counter()
+            selection = select_by_masks(run, Path(folder))
+            seconds = time.perf_counter() - start
+            export_selection(run, selection, Path(folder) / "sel.json", Path(folder) / "o.ply")
+            ply = read_gaussians_ply(Path(folder) / "o.ply")
+        selected = torch.zeros(run.model.num_points, dtype=torch.bool)
+        selected[torch.tensor(selection.indices)] = True
+        ious, exports = [], []
+        for view_name in scored:
+            view = run.view(view_name)
+            truth = view.mask_to_render(np.array(Image.open(scene_dir / "coarse" / view_name)) == obj["coarse_id"])
+            if truth.sum() >= 20:
+                ious.append(iou(render_selection_mask(run, view, selected), truth))
+            amodal = view.read_mask(scene_dir / "amodal" / obj["name"] / view_name)
+            alone = render_ply_alone(run, view, ply)
+            exports.append((precision(alone, amodal), recall(alone, amodal)))
+        out[obj["name"]] = {"views_given": len(given), "seconds": seconds, "iou": float(np.mean(ious)),
+                            "export_precision": float(np.mean([e[0] for e in exports])),
+                            "export_recall": float(np.mean([e[1] for e in exports]))}
+    return out
+
+
 def _fmt(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -150,9 +202,16 @@ def main() -> None:
         benchmarks[level] = bench
     results = evaluate_both(config, benchmarks)
     steps = amortised_step_times(config)
-    (out / "results.json").write_text(json.dumps({"steps": steps, "results": results}, indent=1))
+    by_masks = select_by_masks_scores(config, clean)
+    (out / "results.json").write_text(json.dumps({"steps": steps, "results": results, "select_by_masks": by_masks},
+                                                 indent=1))
     print(format_tables(results, steps, f"tabletop, {args.masks} masks, GFL {'off' if args.no_gfl else 'on'}, "
                                         f"seed {args.seed}, {args.colour_steps} + {args.feature_steps} steps"))
+    print("\n| select --masks | views given | seconds | IoU (other views) | export precision | export recall |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, r in by_masks.items():
+        print(f"| {name} | {r['views_given']} | {r['seconds']:.1f} | {r['iou']:.3f} | {r['export_precision']:.3f} | "
+              f"{r['export_recall']:.3f} |")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from torch.nn import Parameter
 
 from splatseg_ns.core.configs import LoadsOlderConfigs
-from splatseg_ns.core.contributors import PixelContributors, pixel_contributors
+from splatseg_ns.core.contributors import GaussianGrid, PixelContributors, pixel_contributors
 from splatseg_ns.core.features import LEVELS, init_features, level_dim, level_features
 from splatseg_ns.core.global_candidates import (
     GFLConfig,
@@ -232,14 +232,24 @@ class SplatsegModel(SplatfactoModel):
                            opacities: Optional[torch.Tensor] = None) -> PixelContributors:
         """The Gaussians blended at pixel (column, row) of `camera`'s render, and their weights (no render).
         `opacities`: logits to use instead of the Gaussians' own (a display that hides some)."""
-        scales = torch.exp(self.scales)
+        scales, max_scale, grid = self._click_geometry()
         logits = self.opacities if opacities is None else opacities
         return pixel_contributors(
             self.means, self.quats, scales, torch.sigmoid(logits).squeeze(-1),
             world_to_camera(camera.camera_to_worlds.to(self.device))[0], camera.get_intrinsics_matrices()[0].to(self.device),
-            int(camera.width.item()), int(camera.height.item()), column, row, max_scale=scales.amax(dim=-1),
-            rasterize_mode=self.config.rasterize_mode,
+            int(camera.width.item()), int(camera.height.item()), column, row, max_scale=max_scale,
+            rasterize_mode=self.config.rasterize_mode, grid=grid,
         )
+
+    def _click_geometry(self):
+        """(scales, largest scales, `GaussianGrid`) of the Gaussians as they are, kept while they do not change
+        (the feature stage freezes them), so a click costs a few cells' Gaussians, not a pass over all."""
+        key = (self.num_points, self.means.data_ptr(), self.means._version, self.scales.data_ptr(), self.scales._version)
+        if getattr(self, "_click_cache", (None,))[0] != key:
+            scales = torch.exp(self.scales.detach())
+            max_scale = scales.amax(dim=-1)
+            self._click_cache = (key, scales, max_scale, GaussianGrid.build(self.means.detach(), max_scale))
+        return self._click_cache[1:]
     @property
     def seg_features(self) -> torch.Tensor:
         return self.gauss_params["seg_features"]

@@ -53,7 +53,7 @@ class VoteConfig(LoadsOlderConfigs):
     weight on its best candidate's masks (below 1: the benefit of the doubt goes to objects)."""
     min_weight: float = 1e-3
     """Total rendered weight over all training views below which a Gaussian counts as never seen."""
-    weak_share: float = 0.5
+    weak_share: float = 0.7
     """An exported object drops the members whose label holds less than this share of their rendered
     weight (ambiguous Gaussians on the border of several segments), unless --keep-weak."""
 

@@ -101,10 +101,15 @@ def test_bad_input_ends_in_clear_errors(run, objects, tmp_path):
     selection = select_by_view_clicks(run, VIEW, [tuple(click)])
     path = tmp_path / "sel.json"
 
-    selection.fingerprint = f"{run.model.num_points}:0123456789abcdef"  # another run with as many Gaussians
+    selection.fingerprint = f"{run.model.num_points}:0123456789abcdef"  # this run, before its Gaussians moved
+    write_selection(path, selection)
+    with pytest.raises(SelectionError, match="made on this run .* when it had other Gaussians"):
+        export_selection(run, read_selection(path), path, tmp_path / "x.ply")
+    selection.run = "/elsewhere/config.yml"  # another run with as many Gaussians
     write_selection(path, selection)
     with pytest.raises(SelectionError, match="not on this run"):
         export_selection(run, read_selection(path), path, tmp_path / "x.ply")
+    selection.run = str(run.config_path)
 
     selection.fingerprint = run.fingerprint
     selection.indices = []
@@ -135,7 +140,7 @@ def test_selection_of_another_run_names_both_runs_and_writes_nothing(tmp_path):
         "again on this run with `splatseg select --load-config ...`."
     )
     model = SimpleNamespace(gauss_params={}, config=SimpleNamespace(sh_degree=0), weak_below=lambda level: 0.5)
-    run = SimpleNamespace(fingerprint="10:cccccccccccccccc", model=model)  # as many Gaussians, other positions
+    run = SimpleNamespace(fingerprint="10:cccccccccccccccc", model=model, config_path=Path("/runs/b/config.yml"))  # as many Gaussians, other positions
     output = tmp_path / "object.ply"
     output.write_bytes(b"an earlier export")
     with pytest.raises(SelectionError, match="not on this run"):
