@@ -251,6 +251,8 @@ class Eval:
             if "export" in p:
                 e = p["export"]
                 line += f"  export: precision {e['precision']:.3f} recall {e['recall']:.3f} IoU {e['iou']:.3f}"
+            if "failure" in p:
+                line += "  (selected nothing: the click hit only Gaussians of no segment)"
             print(line)
         o = metrics["overall"]
         print(f"{'overall':>24}  mIoU {o['mIoU']:.3f}  mAcc {o['mAcc']:.3f}  mBIoU {o['mBIoU']:.3f}  -> {self.output}")
@@ -343,6 +345,8 @@ class Bench:
     """cuda or cpu (default: cuda when present)."""
     threads: Optional[int] = None
     """CPU threads for torch (1 gives steadier numbers on a busy machine)."""
+    click_resolution: int = 1024
+    """Square size of the view clicked in, for the click from the pixel."""
     render: bool = True
     """Also time the feature render at the click."""
     export: bool = True
@@ -355,9 +359,10 @@ class Bench:
         if not self.sizes or min(self.sizes) < 1:
             raise InputError(f"--sizes {' '.join(map(str, self.sizes))}: give one or more numbers of Gaussians >= 1")
         at_least(self.threads, "--threads", 1)
+        at_least(self.click_resolution, "--click-resolution", 1)
         device_available(self.device)
-        rows = speed_table(self.sizes, self.device, include_render=self.render, include_export=self.export,
-                           threads=self.threads)
+        rows = speed_table(self.sizes, self.device, click_resolution=self.click_resolution,
+                           include_render=self.render, include_export=self.export, threads=self.threads)
         print(format_table(rows))
 
 

@@ -409,7 +409,8 @@ class SplatsegModel(SplatfactoModel):
                     members = table.mask_views == index
                     clustered = (table.mask_ids[members], table.mask_labels[members])
                 labels = mask_labels(ids, level_features(features, level, self.config.coarse_feature_dim),
-                                     centers[level], self.config.vote.min_mask_cos, clustered)
+                                     centers[level], self.config.vote.min_mask_cos, clustered,
+                                     self.config.vote.border_px)
                 present[level], local = compact(labels)
                 targets.append(one_hot_labels(local, present[level].numel()))
             weights = rendered_weights(lambda values, geometry=geometry: render_features(rasterize, geometry, values),

@@ -78,6 +78,7 @@ def speed_table(
     clip_dim: int = 512,
     repeats: int = 200,
     render_resolution: Optional[int] = None,
+    click_resolution: int = 1024,
     include_render: bool = True,
     include_export: bool = True,
     quick: bool = False,
@@ -101,6 +102,7 @@ def speed_table(
         repeats: Most timed calls per sub-second measurement (median reported); fewer when
             `budget_s` runs out first, at least 5.
         render_resolution: Square render size; None: 128 on the CPU, 512 on CUDA.
+        click_resolution: Square size of the view clicked in (the viewer's render, not the bench's).
         include_render, include_export: Measure the feature render / the PLY export.
         quick: QUICK_SIZES (when `sizes` is None), a smaller time budget and one export repeat.
         budget_s: Seconds of timed calls per measurement before stopping early. Default 0.5.
@@ -147,7 +149,8 @@ def speed_table(
             row: Dict = {"size": int(n), **env, "feature_dim": feature_dim, "num_candidates": num_candidates}
             features = _synthetic_features(n, centers, gen)
             row.update(_selection_timings(timer, features, centers, coarse_centers, coarse_dim, gen))
-            row.update(_pixel_click_timings(timer, features, centers, render_resolution, gen))
+            row.update(_pixel_click_timings(timer, features, centers, click_resolution, gen))
+            row["click_resolution"] = click_resolution
             row["text_ms"] = timer.median_s(lambda: rank_candidates_by_text(text, clip)) * 1e3
             row.update(render_ms=None, render_resolution=render_resolution, renderer=renderer, render_note="")
             if include_render:
@@ -197,6 +200,17 @@ def format_table(rows: List[Dict]) -> str:
         )
     lines += [
         "",
+        f"| Gaussians | click from the pixel @ {first['click_resolution']}^2 (ms) | its contributors (ms) "
+        "| contributors found | floor: means @ axis (ms) | click / floor |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['size']} | {r['pixel_click_ms']:.2f} | {r['pixel_contributors_ms']:.2f} "
+            f"| {r['pixel_contributor_count']} | {r['floor_positions_ms']:.2f} | {r['pixel_click_ratio']:.2f}x |"
+        )
+    lines += [
+        "",
         f"| Gaussians | feature render 24 ch @ {first['render_resolution']}^2, {first['renderer']} (ms) "
         "| PLY export, SH 3 (s) | floor: tofile same bytes (s) | export / floor | file (MB) |",
         "|---:|---:|---:|---:|---:|---:|",
@@ -228,6 +242,9 @@ def format_table(rows: List[Dict]) -> str:
         "Click = `ClickIndex.select` (fine level, index built once: `select_by_clicks`' hot path) given the "
         "clicked pixel's feature, median of "
         f"~{first['click_repeats']} calls; the feature render at the click is not included (render column). "
+        "Click from the pixel = what a click costs end to end without a render: the Gaussians that blend into "
+        "the clicked pixel (exactly as the rasteriser would, through the grid built once per scene), their "
+        "candidate and the selection. "
         "Text query = ranking the candidates' CLIP embeddings; the CLIP text encoder is not included. "
         "Export and its floor write to the page cache (no fsync). Wall-clock medians after warm-up"
         + ("; torch.cuda.synchronize around every call." if first["device"].startswith("cuda") else "."),

@@ -29,7 +29,7 @@ from splatseg_ns.core.metrics import iou, mask_metrics, precision, recall, summa
 from splatseg_ns.core.ply import read_gaussians_ply
 from splatseg_ns.core.selection_file import Selection, SelectionError
 from splatseg_ns.tools.export import export_selection
-from splatseg_ns.tools.select import select_by_view_clicks
+from splatseg_ns.tools.select import ClickOnNoSegment, select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun, View
 
 SPLITS = {"train": "train_views", "eval": "heldout_views"}
@@ -141,10 +141,13 @@ def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
 
 def evaluate_prompt(run: TrainedRun, benchmark_dir: Path, prompt: Dict[str, Any]) -> Dict[str, Any]:
     """One prompt's selection, scored on its views (and its export on the amodal masks, when there are some)."""
-    selection = select_by_view_clicks(
-        run, prompt["view"], [tuple(p) for p in prompt["positive"]],
-        [tuple(p) for p in prompt.get("negative", [])], prompt.get("level", "coarse"),
-    )
+    level = prompt.get("level", "coarse")
+    try:
+        selection = select_by_view_clicks(run, prompt["view"], [tuple(p) for p in prompt["positive"]],
+                                          [tuple(p) for p in prompt.get("negative", [])], level)
+        failure = None
+    except ClickOnNoSegment as err:  # the method's miss, not the benchmark's: scored as selecting nothing
+        selection, failure = Selection(str(run.config_path), run.fingerprint, level, []), str(err)
     selected = torch.zeros(run.model.num_points, dtype=torch.bool, device=run.device)
     selected[torch.tensor(selection.indices, dtype=torch.long, device=run.device)] = True
     gt_files = sorted((benchmark_dir / "gt" / prompt["name"]).glob("*.png"))
@@ -158,6 +161,8 @@ def evaluate_prompt(run: TrainedRun, benchmark_dir: Path, prompt: Dict[str, Any]
     entry = {"name": prompt["name"], "level": selection.level, "view": prompt["view"],
              "view_split": run.view(prompt["view"]).split, "num_gaussians": len(selection.indices),
              **_means(views), "views": views}
+    if failure is not None:
+        entry["failure"] = failure
     for split, key in SPLITS.items():
         entry[key] = _means([v for v in views if v["split"] == split])
     exported = score_export(run, selection, benchmark_dir / "amodal" / prompt["name"])

@@ -31,6 +31,11 @@ from splatseg_ns.trained_run import RunError, TrainedRun, View
 Pixel = Tuple[float, float]
 
 
+class ClickOnNoSegment(RunError):
+    """A click whose pixel shows only Gaussians that belong to no segment: the method found nothing there
+    (an evaluation scores it as an empty selection)."""
+
+
 def check_click_hits(view: View, pixel: Pixel, contributors: PixelContributors) -> None:
     """A RunError when a click on `pixel` of `view` hits empty background."""
     if contributors.opacity < MIN_CLICK_OPACITY:
@@ -46,7 +51,7 @@ def clicked_candidate(view: View, pixel: Pixel, contributors: PixelContributors,
     x, y = pixel
     candidate, _ = click_candidate(contributors, index.assignment, index.num_candidates)
     if candidate < 0:
-        raise RunError(f"Click ({x}, {y}) on {view.name} hits only Gaussians that belong to no segment (background "
+        raise ClickOnNoSegment(f"Click ({x}, {y}) on {view.name} hits only Gaussians that belong to no segment (background "
                        "no mask covered, or floaters); click on the object you want.")
     return candidate
 

@@ -75,3 +75,14 @@ def test_masks_map_to_the_candidate_of_their_mean_feature():
     assert mask_labels(ids, features, centers, 0.9, clustered).tolist() == [[2, 1, 1], [1, 1, 0]]
     present, local = compact(labels)
     assert present.tolist() == [0, 1, 2] and local.tolist() == [[2, 0, 0], [1, 1, IGNORE]]
+
+
+def test_gaps_next_to_masks_cast_no_vote_with_a_border():
+    centers = torch.tensor([[1.0, 0.0]])
+    ids = torch.zeros(1, 7, dtype=torch.long)
+    ids[0, 3] = 1  # a thin part: one masked pixel, its eroded neighbours unmasked
+    features = torch.tensor([[1.0, 0.0]]).expand(1, 7, 2)
+    assert mask_labels(ids, features, centers, 0.9).tolist() == [[1, 1, 1, 0, 1, 1, 1]]
+    assert mask_labels(ids, features, centers, 0.9, border_px=2).tolist() == [[1, IGNORE, IGNORE, 0, IGNORE, IGNORE, 1]]
+    # A view without masks has no border: all of it is unmasked.
+    assert mask_labels(torch.zeros(1, 3, dtype=torch.long), features[:, :3], centers, 0.9, border_px=2).tolist() == [[1, 1, 1]]

@@ -35,7 +35,8 @@ def test_table_names_every_size_and_the_run(tiny_rows):
     for row in tiny_rows:
         assert f"| {row['size']} |" in table
     assert "torch" in table and "load average" in table and "1 threads" in table
-    assert sum(line.startswith("|---:") for line in table.splitlines()) == 2  # selection, render/export
+    assert sum(line.startswith("|---:") for line in table.splitlines()) == 3  # selection, pixel click, render/export
+    assert all(row["pixel_contributor_count"] > 0 for row in tiny_rows)  # the centre pixel is covered
 
 
 def test_parts_left_out_are_none_and_threads_restored():

@@ -18,3 +18,25 @@ def test_eval_scores_the_demo_objects(run, demo_scene, tmp_path):
     assert overall["num_prompts"] == len(prompts)
     assert overall["mIoU"] > 0.7, metrics
     assert 0 <= overall["mBIoU"] <= 1 and overall["mAcc"] > 0.9
+
+
+def test_a_click_on_gaussians_of_no_segment_scores_as_selecting_nothing(run, demo_scene, tmp_path):
+    import json
+
+    prompts = write_benchmark(demo_scene, tmp_path / "bench", "coarse", VIEW, ["frame_00004.png", "frame_00007.png"])
+    missed = prompts[0]
+    found = run.pixel_contributors(run.view(VIEW), *missed["positive"][0])
+    run.click_index("coarse")  # votes cast, if the run has none yet
+    labels = run.model.vote_labels_coarse
+    kept = labels.clone()
+    try:
+        labels[found.ids] = -1  # the votes left every Gaussian at the pixel out of every segment
+        run._click_indices.clear()
+        metrics = evaluate(run, tmp_path / "bench")
+    finally:
+        labels.copy_(kept)
+        run._click_indices.clear()
+    scored = {p["name"]: p for p in metrics["prompts"]}
+    assert "no segment" in scored[missed["name"]]["failure"]
+    assert scored[missed["name"]]["iou"] == 0.0 and scored[missed["name"]]["num_gaussians"] == 0
+    assert all("failure" not in p and p["iou"] > 0.5 for p in metrics["prompts"][1:]), json.dumps(metrics)[:2000]
