@@ -53,11 +53,36 @@ def test_the_grid_visits_few_gaussians_for_a_pixel():
     grid = GaussianGrid.build(means, scales.amax(-1))
     assert grid.counts.sum() == 20000 and torch.equal(torch.sort(grid.order).values, torch.arange(20000))
     ray = torch.tensor([0.0, 0.0, 1.0])
-    near = grid.candidates(torch.eye(4), ray, 1 / 64, (1.2, 1.2), 0.01)
-    assert 0 < near.numel() < 0.25 * 20000
+    slots = grid.candidates(torch.eye(4), ray, 1 / 64, (1.2, 1.2), 0.01)
+    assert 0 < slots.numel() < 0.25 * 20000
+    near = grid.order[slots]
+    assert torch.equal(grid.means[:, slots], means[near].T)  # the grid's copy, in cell order
     # every Gaussian within reach of the ray is among them
     within = ((means[:, :2].norm(dim=-1)) < 0.05).nonzero().squeeze(-1)
     assert torch.isin(within, near).all()
+
+
+@pytest.mark.parametrize("with_grid", [False, True])
+def test_a_pixel_deeper_than_one_chunk_matches_the_render(with_grid):
+    # 1200 faint Gaussians along one ray (more than several chunks hold before the pixel turns opaque),
+    # in pairs of clones at equal depth, so that ties fall on chunk boundaries too.
+    g = torch.Generator().manual_seed(7)
+    n = 1200
+    z = (2.0 + 3.0 * torch.rand(n // 2, generator=g, dtype=torch.float64)).repeat_interleave(2)
+    means = torch.stack([0.01 * torch.randn(n, generator=g, dtype=torch.float64),
+                         0.01 * torch.randn(n, generator=g, dtype=torch.float64), z], -1)
+    means[1::2, :2] = means[0::2, :2]
+    quats = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    scales = 0.05 + 0.05 * torch.rand(n, 3, generator=g, dtype=torch.float64)
+    opacities = torch.full((n,), 0.03, dtype=torch.float64)
+    K = torch.tensor([[20.0, 0, 4], [0, 20.0, 4], [0, 0, 1]], dtype=torch.float64)
+    scene = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "viewmats": torch.eye(4, dtype=torch.float64)[None],
+             "Ks": K[None], "width": 8, "height": 8}
+    expected = full_render_weights(scene)[:, 4 * 8 + 4]
+    grid = GaussianGrid.build(means, scales.amax(-1), per_cell=8) if with_grid else None
+    found = pixel_contributors(means, quats, scales, opacities, torch.eye(4, dtype=torch.float64), K, 8, 8, 4, 4, grid=grid)
+    assert 256 < found.ids.numel() < n  # past the first chunk, and stopped before the last Gaussian
+    torch.testing.assert_close(torch.zeros(n, dtype=torch.float64).index_put_((found.ids,), found.weights), expected)
 
 
 def test_contributors_are_front_to_back_and_stop_where_the_render_does():
