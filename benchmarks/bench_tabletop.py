@@ -15,7 +15,7 @@ two training views and in each of the views nerfstudio held out of training, and
   final number of Gaussians) against feature steps with the candidate refreshes and the vote
   amortised over the feature stage.
 
-    python benchmarks/bench_tabletop.py                         # exact masks: ~12 min on 2 cores
+    python benchmarks/bench_tabletop.py                         # exact masks: ~20 min on 2 idle cores
     python benchmarks/bench_tabletop.py --masks noisy           # the mask noise of bench_gfl_noisy_masks
     python benchmarks/bench_tabletop.py --masks noisy --no-gfl
 
