@@ -232,24 +232,24 @@ class SplatsegModel(SplatfactoModel):
                            opacities: Optional[torch.Tensor] = None) -> PixelContributors:
         """The Gaussians blended at pixel (column, row) of `camera`'s render, and their weights (no render).
         `opacities`: logits to use instead of the Gaussians' own (a display that hides some)."""
-        scales, max_scale, grid = self._click_geometry()
+        scales, grid = self._click_geometry()
         logits = self.opacities if opacities is None else opacities
         return pixel_contributors(
             self.means, self.quats, scales, torch.sigmoid(logits).squeeze(-1),
             world_to_camera(camera.camera_to_worlds.to(self.device))[0], camera.get_intrinsics_matrices()[0].to(self.device),
-            int(camera.width.item()), int(camera.height.item()), column, row, max_scale=max_scale,
+            int(camera.width.item()), int(camera.height.item()), column, row,
             rasterize_mode=self.config.rasterize_mode, grid=grid,
         )
 
     def _click_geometry(self):
-        """(scales, largest scales, `GaussianGrid`) of the Gaussians as they are, kept while they do not change
-        (the feature stage freezes them), so a click costs a few cells' Gaussians, not a pass over all."""
+        """(scales, `GaussianGrid`) of the Gaussians as they are, kept while they do not change (the feature
+        stage freezes them), so a click costs a few cells' Gaussians, not a pass over all."""
         key = (self.num_points, self.means.data_ptr(), self.means._version, self.scales.data_ptr(), self.scales._version)
         if getattr(self, "_click_cache", (None,))[0] != key:
             scales = torch.exp(self.scales.detach())
-            max_scale = scales.amax(dim=-1)
-            self._click_cache = (key, scales, max_scale, GaussianGrid.build(self.means.detach(), max_scale))
+            self._click_cache = (key, scales, GaussianGrid.build(self.means.detach(), scales.amax(dim=-1)))
         return self._click_cache[1:]
+
     @property
     def seg_features(self) -> torch.Tensor:
         return self.gauss_params["seg_features"]
@@ -483,7 +483,6 @@ class SplatsegModel(SplatfactoModel):
 
     def _geometry(self, gaussians, viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Dict:
         return camera_geometry(gaussians, viewmat, K, width, height, self.config.rasterize_mode)
-
 
     @torch.no_grad()
     def render_seg_features(self, camera: Cameras) -> torch.Tensor:

@@ -166,17 +166,15 @@ def pixel_contributors(
 
     means [N, 3], quats [N, 4], scales [N, 3] (linear, not log), opacities [N] (in [0, 1]):
     what `rasterize` takes; viewmat [4, 4] world-to-camera, K [3, 3]. max_scale [N]: the largest
-    of each Gaussian's scales, and grid: a `GaussianGrid` of these Gaussians, when the caller keeps
-    them (neither depends on the click); without a grid every Gaussian is culled.
+    of each Gaussian's scales, or grid: a `GaussianGrid` of these Gaussians (which holds them), when
+    the caller keeps one (neither depends on the click); without a grid every Gaussian is culled.
     """
     device = means.device
-    if max_scale is None:
-        max_scale = scales.amax(dim=-1)
     R, t = viewmat[:3, :3].to(means.dtype), viewmat[:3, 3].to(means.dtype)
     fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
     px, py = column + 0.5, row + 0.5
     if grid is None:
-        sub_means, scale_sq = means.T, max_scale.square()
+        sub_means, scale_sq = means.T, (scales.amax(dim=-1) if max_scale is None else max_scale).square()
     else:
         ray = torch.tensor([(px - cx) / fx, (py - cy) / fy, 1.0], dtype=means.dtype, device=device)
         # gsplat's Jacobian clamp (project_gaussians): |x / z| <= (W - cx) / fx + 0.3 W / (2 fx), and so on.

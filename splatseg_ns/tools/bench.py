@@ -395,13 +395,12 @@ def _pixel_click_timings(timer: _Timer, features: torch.Tensor, centers: torch.T
     against one pass over the Gaussians' positions (their depths along the camera's axis, `means @ axis`)."""
     scene = _synthetic_scene(features.shape[0], resolution, gen, features.device)
     index = precompute_click_index(features, centers)
-    max_scale = scene["scales"].amax(dim=-1)  # kept with the grid: neither depends on the click
-    grid = GaussianGrid.build(scene["means"], max_scale)
+    grid = GaussianGrid.build(scene["means"], scene["scales"].amax(dim=-1))  # once per scene: not the click's
     pixel = resolution // 2
 
     def contributors():
         return pixel_contributors(scene["means"], scene["quats"], scene["scales"], scene["opacities"], scene["viewmat"],
-                                  scene["K"], resolution, resolution, pixel, pixel, max_scale=max_scale, grid=grid)
+                                  scene["K"], resolution, resolution, pixel, pixel, grid=grid)
 
     def click():
         found = contributors()
@@ -432,12 +431,7 @@ def _rasterizer(device: torch.device) -> Tuple[Callable, str]:
 def _render_timing(
     timer: _Timer, render_fn: Callable, features: torch.Tensor, resolution: int, gen: torch.Generator, cap_s: float
 ) -> Tuple[float, str]:
-    """(seconds, note) of one forward render of the [N, D] features as colours.
-
-    The scene: Gaussians filling a 2 x 2 x 2 box 2 to 4 units in front of a pinhole camera with
-    a 90-degree field of view, sizes scaling as N^(-1/3) (3 cm at 100k), as a denser
-    reconstruction of the same scene would, random orientations, opacities 0.05-0.95.
-    """
+    """(seconds, note) of one forward render of the [N, D] features as colours, of `_synthetic_scene`."""
     scene = _synthetic_scene(features.shape[0], resolution, gen, features.device)
 
     def render():
