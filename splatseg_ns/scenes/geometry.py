@@ -234,6 +234,13 @@ class Scene:
         """Implicit function of the whole scene: <= 0 inside, ~= distance near surfaces."""
         return np.min(np.stack([part.value(p) for part in self.parts]), axis=0)
 
+    def nearest_part(self, p: np.ndarray, reach: float) -> np.ndarray:
+        """[N] fine id of the part each point (N, 3) lies in or whose surface it is nearest to; 0 where no
+        part is within `reach`: the labels the true geometry gives Gaussians centred at p."""
+        values = np.stack([part.value(p) for part in self.parts], axis=1)
+        ids = np.array([part.fine_id for part in self.parts])[values.argmin(axis=1)]
+        return np.where(values.min(axis=1) <= reach, ids, 0)
+
     def cast(self, o: np.ndarray, d: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Closest hit for rays o + t d: (t, fine id (0 = miss), outward normal).
 

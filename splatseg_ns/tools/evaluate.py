@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -126,25 +126,33 @@ def score_export(run: TrainedRun, selection: Selection, amodal_dir: Path) -> Opt
     return out
 
 
-def evaluate(run: TrainedRun, benchmark_dir: Path) -> Dict[str, Any]:
-    """Metrics per prompt (and per scored view) and overall, by split of the scored views and of the prompt's."""
+def evaluate(run: TrainedRun, benchmark_dir: Path,
+             select: Optional[Callable[[Dict[str, Any]], Selection]] = None) -> Dict[str, Any]:
+    """Metrics per prompt (and per scored view) and overall, by split of the scored views and of the prompt's.
+
+    select: a prompt's selection made another way than by its clicks (a benchmark's reference labels)."""
     benchmark_dir = Path(benchmark_dir)
     per_prompt = []
     for prompt in load_prompts(benchmark_dir):
         try:
-            entry = evaluate_prompt(run, benchmark_dir, prompt)
+            entry = evaluate_prompt(run, benchmark_dir, prompt, select)
         except RunError as err:
             raise RunError(f"{benchmark_dir / 'prompts.json'}: prompt {prompt['name']!r}: {err}") from err
         per_prompt.append(entry)
     return {"prompts": per_prompt, "overall": summarise_splits(per_prompt)}
 
 
-def evaluate_prompt(run: TrainedRun, benchmark_dir: Path, prompt: Dict[str, Any]) -> Dict[str, Any]:
-    """One prompt's selection, scored on its views (and its export on the amodal masks, when there are some)."""
+def evaluate_prompt(run: TrainedRun, benchmark_dir: Path, prompt: Dict[str, Any],
+                    select: Optional[Callable[[Dict[str, Any]], Selection]] = None) -> Dict[str, Any]:
+    """One prompt's selection (its clicks', or `select`'s), scored on its views (and its export on the amodal
+    masks, when there are some)."""
     level = prompt.get("level", "coarse")
     try:
-        selection = select_by_view_clicks(run, prompt["view"], [tuple(p) for p in prompt["positive"]],
-                                          [tuple(p) for p in prompt.get("negative", [])], level)
+        if select is not None:
+            selection = select(prompt)
+        else:
+            selection = select_by_view_clicks(run, prompt["view"], [tuple(p) for p in prompt["positive"]],
+                                              [tuple(p) for p in prompt.get("negative", [])], level)
         failure = None
     except ClickOnNoSegment as err:  # the method's miss, not the benchmark's: scored as selecting nothing
         selection, failure = Selection(str(run.config_path), run.fingerprint, level, []), str(err)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splatseg_ns.scenes.tabletop import heldout_views, write_tabletop_scene
+from splatseg_ns.scenes.tabletop import build_tabletop, heldout_views, write_tabletop_scene
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,22 @@ def test_same_seed_same_scene(scene, tmp_path):
     for sub in ("images", "coarse", "fine"):
         for path in sorted((scene / sub).glob("*.png")):
             assert np.array_equal(read(path), read(again / sub / path.name)), path
+
+
+def test_nearest_part_labels_points_in_on_and_near_parts_and_none_far_away():
+    scene = build_tabletop(0)
+    part = {p.name: p.fine_id for p in scene.parts}
+    shade = next(p for p in scene.parts if p.name == "lamp_shade").solids[0]
+    points = np.array([
+        [-0.82, 0.32, 0.90],          # inside the lamp shade
+        [-0.82, 0.32 + 0.165, 0.90],  # 5 mm outside the shade's side
+        [-0.82, 0.32, 0.45],          # inside the pole
+        [0.0, 0.0, 0.51],             # inside the table top (the table's jitter is 2 cm at most)
+        [2.0, 2.0, 0.005],            # just above the floor, far from every object
+        [2.0, 2.0, 1.5],              # in the air
+    ])
+    labels = scene.nearest_part(points, reach=0.02)
+    assert labels.tolist() == [part["lamp_shade"], part["lamp_shade"], part["lamp_pole"], part["table_top"],
+                               part["floor"], 0]
+    assert shade.value(points[1:2])[0] > 0  # outside, yet within reach
+    assert scene.nearest_part(points[1:2], reach=0.001).tolist() == [0]

@@ -40,3 +40,22 @@ def test_a_click_on_gaussians_of_no_segment_scores_as_selecting_nothing(run, dem
     assert "no segment" in scored[missed["name"]]["failure"]
     assert scored[missed["name"]]["iou"] == 0.0 and scored[missed["name"]]["num_gaussians"] == 0
     assert all("failure" not in p and p["iou"] > 0.5 for p in metrics["prompts"][1:]), json.dumps(metrics)[:2000]
+
+
+def test_eval_scores_a_selection_made_another_way_than_by_the_clicks(run, demo_scene, tmp_path):
+    from splatseg_ns.core.selection_file import Selection
+
+    prompts = write_benchmark(demo_scene, tmp_path / "bench", "coarse", VIEW, ["frame_00004.png"])
+    everything = Selection(str(run.config_path), run.fingerprint, "masks", list(range(run.model.num_points)))
+    asked = []
+
+    def select(prompt):
+        asked.append(prompt["name"])
+        return everything
+
+    metrics = evaluate(run, tmp_path / "bench", select)
+    assert asked == [p["name"] for p in prompts]
+    clicked = evaluate(run, tmp_path / "bench")
+    for by_hand, by_clicks in zip(metrics["prompts"], clicked["prompts"]):
+        assert by_hand["num_gaussians"] == run.model.num_points
+        assert by_hand["iou"] < by_clicks["iou"]  # the whole scene is a poor selection of any one object
