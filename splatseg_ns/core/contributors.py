@@ -8,7 +8,8 @@ to back, and the weight alpha_i T_i each gets. `pixel_contributors` answers that
    over millions of Gaussians;
 2. a cull of their Gaussians: project the centres and keep those whose alpha >= 1/255 ellipse
    could hold the pixel, with a radius bound from each Gaussian's largest scale (EWA's 2D
-   covariance J Sigma J^T has largest eigenvalue at most |J|_F^2 s_max^2);
+   covariance J Sigma J^T has largest eigenvalue at most |J|_2^2 s_max^2, and for the pinhole
+   Jacobian J at (x, y, z), |J|_2^2 <= max(fx, fy)^2 (z^2 + x^2 + y^2) / z^4);
 3. for those left, front to back by depth in chunks (256, then twice as many each time) until the
    pixel is opaque, the rasteriser's exact rules (`rasterize.project_gaussians`, gsplat's 16-pixel
    tile test, alpha = min(0.999, o exp(-sigma)) skipped below 1/255, depth order with ties in index
@@ -102,8 +103,8 @@ class GaussianGrid:
         unit of depth (1 / focal length); `tan_limits`: gsplat's clamp of the view angle in the Jacobian.
 
         A Gaussian of largest scale s at depth z covers at most 3.33 sigmas of its 2D footprint, whose
-        sigma is at most |J|_F s with |J|_F z / f <= sqrt(2 + tan_x^2 + tan_y^2) (the clamped angles of
-        any point of the cell): laterally, 3.33 s sqrt(2 + tan^2) + GRID_SLACK_PX pixels of depth z.
+        sigma is at most |J|_2 s with |J|_2 z / f <= sqrt(1 + tan_x^2 + tan_y^2) (the clamped angles of
+        any point of the cell): laterally, 3.33 s sqrt(1 + tan^2) + GRID_SLACK_PX pixels of depth z.
         """
         R, t = viewmat[:3, :3].to(self.centres.dtype), viewmat[:3, 3].to(self.centres.dtype)
         cam = R @ self.centres + t[:, None]  # [3, C]: cell centres in the camera frame
@@ -114,7 +115,7 @@ class GaussianGrid:
         safe = z_near.clamp_min(1e-6)
         tan_x = torch.where(ahead, (cam[0].abs() + self.spreads) / safe, torch.full_like(safe, tan_limits[0]))
         tan_y = torch.where(ahead, (cam[1].abs() + self.spreads) / safe, torch.full_like(safe, tan_limits[1]))
-        jacobian = torch.sqrt(2.0 + tan_x.clamp(max=tan_limits[0]).square() + tan_y.clamp(max=tan_limits[1]).square())
+        jacobian = torch.sqrt(1.0 + tan_x.clamp(max=tan_limits[0]).square() + tan_y.clamp(max=tan_limits[1]).square())
         depth = (along + self.spreads).clamp_min(0)
         reach = self.spreads + (ALPHA_SIGMAS * 1.01) * jacobian * self.scales + GRID_SLACK_PX * pixel_angle * depth
         hit = (along + self.spreads >= near_plane) & (across_sq <= reach * reach)
@@ -183,9 +184,10 @@ def pixel_contributors(
         sub_means, scale_sq = grid.means[:, slots], grid.max_scale[slots].square()
     x, y, z = R @ sub_means + t[:, None]  # camera-space centres
     # Offsets from the pixel in pixels times depth, and the reach of the alpha >= 1/255 ellipse times depth:
-    # 3.33 sigma <= 1.12 (3 sqrt(|J|_F^2 s^2 + eps2d)) with |J|_F^2 <= (fx^2 (z^2 + x^2) + fy^2 (z^2 + y^2)) / z^4.
+    # 3.33 sigma <= 3.33 sqrt(|J|_2^2 s^2 + eps2d) with |J|_2^2 <= max(fx, fy)^2 (z^2 + x^2 + y^2) / z^4 (the
+    # Jacobian's clamped angles only make it smaller).
     zz = z * z
-    jacobian_sq = (fx * fx) * (zz + x * x) + (fy * fy) * (zz + y * y)  # |J|_F^2 z^4
+    jacobian_sq = max(fx, fy) ** 2 * (zz + x * x + y * y)  # bounds |J|_2^2 z^4
     reach = (ALPHA_SIGMAS * 1.01) * torch.sqrt(jacobian_sq * scale_sq / zz.clamp_min(1e-30) + eps2d * zz) + z
     near = (z >= near_plane) & (z <= far_plane)
     culled = near & ((fx * x + (cx - px) * z).abs() <= reach) & ((fy * y + (cy - py) * z).abs() <= reach)
