@@ -88,6 +88,9 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """Cosine margin below which pairs of different fine masks are no longer pushed apart."""
     contrastive_negative_weight: float = 0.1
     """Weight of the push (negative) term relative to the pull term."""
+    fine_push_within_objects: bool = False
+    """Average the fine push over pairs of parts of one coarse mask only, not over every pair of
+    different parts (Click-Gaussian's mean, in which pairs of two objects, already apart, dilute it)."""
     push_block: int = 1024
     """The push averages over the negative pairs within blocks of this many sampled pixels (they come in
     random order: a uniform sample of all pairs, at num-sampled-pixels x push-block cost instead of its
@@ -552,6 +555,7 @@ class SplatsegModel(SplatfactoModel):
             margin_fine=self.config.margin_fine,
             negative_weight=self.config.contrastive_negative_weight,
             push_block=self.config.push_block,
+            fine_push_within_objects=self.config.fine_push_within_objects,
         )
         gaussians = self.seg_features
         losses["norm_2d"] = feature_norm_2d_loss(sampled, coarse_dim, weight=self.config.norm_2d_weight)

@@ -87,6 +87,7 @@ def contrastive_level_loss(
     negative_weight: float,
     push_features: Optional[torch.Tensor] = None,
     push_block: int = 0,
+    push_groups: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """Pull same-mask pairs together, push different-mask pairs below `margin` (cosine).
 
@@ -97,9 +98,12 @@ def contrastive_level_loss(
     consecutive blocks of that many samples instead of all P^2 pairs. The samples come in random
     order (`sample_pixels`), so the blocks' pairs are a uniform sample of all pairs: the same mean
     in expectation, at P * push_block instead of P^2 cost.
+    push_groups: [P] ids of enclosing masks (the coarse masks, for the fine level): when given, the push
+    counts only the negative pairs inside one group, so its mean is over the pairs it is there for.
     Returns {"pull": -mean cos over positives, "push": weight * mean 1[cos > margin] cos over negatives}.
     """
     valid = ids > 0
+    groups = push_groups[valid] if push_groups is not None else None
     f = F.normalize(features[valid], dim=-1)
     g = f if push_features is None else F.normalize(push_features[valid], dim=-1)
     _, ids = torch.unique(ids[valid], return_inverse=True)  # ids now 0..M-1
@@ -118,6 +122,9 @@ def contrastive_level_loss(
     for start in range(0, ids.numel(), block):
         g_block, ids_block = g[start : start + block], ids[start : start + block]
         different = ids_block[:, None] != ids_block[None, :]
+        if groups is not None:
+            groups_block = groups[start : start + block]
+            different &= groups_block[:, None] == groups_block[None, :]
         cos = g_block @ g_block.T
         total = total + cos.masked_fill(~(different & (cos > margin)), 0.0).sum()  # no P x P zeros tensor
         num_negative += int(different.sum())
@@ -134,18 +141,20 @@ def two_level_contrastive_loss(
     margin_fine: float = 0.75,
     negative_weight: float = 0.1,
     push_block: int = 0,
+    fine_push_within_objects: bool = False,
 ) -> Dict[str, torch.Tensor]:
     """Click-Gaussian's contrastive loss at both levels on sampled pixels.
 
     features: [P, D] with D > coarse_dim; the coarse feature is features[:, :coarse_dim] and the
-    fine one all D channels. push_block: see `contrastive_level_loss`. Returns the four terms by
-    name (sum them for the loss).
+    fine one all D channels. push_block: see `contrastive_level_loss`. fine_push_within_objects: the fine
+    push averages over pairs of parts of one coarse mask only (pairs of two objects are already apart
+    once the coarse push is met). Returns the four terms by name (sum them for the loss).
     """
     coarse = contrastive_level_loss(features[:, :coarse_dim], coarse_ids, margin_coarse, negative_weight,
                                     push_block=push_block)
     fine_push = torch.cat([features[:, :coarse_dim].detach(), features[:, coarse_dim:]], dim=-1)
     fine = contrastive_level_loss(features, fine_ids, margin_fine, negative_weight, push_features=fine_push,
-                                  push_block=push_block)
+                                  push_block=push_block, push_groups=coarse_ids if fine_push_within_objects else None)
     return {
         "contrastive_coarse_pull": coarse["pull"],
         "contrastive_coarse_push": coarse["push"],

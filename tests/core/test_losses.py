@@ -134,6 +134,26 @@ def test_vectorised_loss_matches_the_pairwise_definition():
     torch.testing.assert_close(out["push"], push)
 
 
+def test_grouped_push_averages_over_the_pairs_inside_one_group_only():
+    torch.manual_seed(5)
+    features = torch.randn(60, 5)
+    ids = torch.randint(0, 7, (60,))
+    groups = (ids + 1) // 2  # masks 1-2, 3-4, 5-6 are parts of three objects; 0 stays unmasked
+    out = contrastive_level_loss(features, ids, margin=0.0, negative_weight=0.1, push_groups=groups)
+    f = F.normalize(features, dim=-1)
+    pushes = [f[i] @ f[j] for i in range(60) for j in range(60)
+              if i != j and ids[i] > 0 and ids[j] > 0 and ids[i] != ids[j] and groups[i] == groups[j]]
+    expected = 0.1 * torch.stack([c * (c > 0.0) for c in pushes]).mean()
+    torch.testing.assert_close(out["push"], expected)
+    plain = contrastive_level_loss(features, ids, margin=0.0, negative_weight=0.1)
+    torch.testing.assert_close(out["pull"], plain["pull"])  # only the push changes
+    assert not torch.isclose(out["push"], plain["push"])
+    two = two_level_contrastive_loss(_unit_parts(60, 3, 6), groups, ids, 3, fine_push_within_objects=True)
+    one = two_level_contrastive_loss(_unit_parts(60, 3, 6), groups, ids, 3)
+    assert torch.equal(two["contrastive_coarse_push"], one["contrastive_coarse_push"])
+    assert not torch.equal(two["contrastive_fine_push"], one["contrastive_fine_push"])
+
+
 def test_blockwise_push_is_the_pairwise_push_over_the_pairs_inside_each_block():
     torch.manual_seed(4)
     features = torch.randn(90, 5)
