@@ -32,10 +32,13 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_gfl_noisy_masks import RunSpec, read_scalars, run_schedule, train  # noqa: E402
+
+if TYPE_CHECKING:
+    from splatseg_ns.trained_run import TrainedRun
 
 TRAIN_PROMPT_VIEWS = ["frame_00003.png", "frame_00020.png"]
 TRAIN_SCORE_VIEWS = ["frame_00001", "frame_00009", "frame_00017", "frame_00029", "frame_00033", "frame_00041"]
@@ -55,25 +58,29 @@ def amortised_step_times(config: Path) -> Dict[str, Optional[float]]:
     return out
 
 
-def evaluate_both(config: Path, benchmarks: Dict[str, Path]) -> Dict[str, Dict]:
-    """`splatseg eval` of every benchmark with the votes and without (nearest candidate in feature space)."""
+def evaluate_both(run: "TrainedRun", benchmarks: Dict[str, Path]) -> Dict[str, Dict]:
+    """`splatseg eval` of every benchmark with the votes and without (nearest candidate in feature space);
+    the run's vote setting is restored afterwards."""
     from splatseg_ns.tools.evaluate import evaluate
-    from splatseg_ns.trained_run import TrainedRun
 
-    run = TrainedRun(config)
+    enabled = run.model.config.vote.enabled
     results: Dict[str, Dict] = {}
-    for vote in (True, False):
-        run.model.config.vote.enabled = vote
+    try:
+        for vote in (True, False):
+            run.model.config.vote.enabled = vote
+            run._click_indices.clear()
+            for level, bench in benchmarks.items():
+                start = time.perf_counter()
+                metrics = evaluate(run, bench)
+                metrics["seconds"] = time.perf_counter() - start
+                results[f"{level}_{'vote' if vote else 'features'}"] = metrics
+    finally:
+        run.model.config.vote.enabled = enabled
         run._click_indices.clear()
-        for level, bench in benchmarks.items():
-            start = time.perf_counter()
-            metrics = evaluate(run, bench)
-            metrics["seconds"] = time.perf_counter() - start
-            results[f"{level}_{'vote' if vote else 'features'}"] = metrics
     return results
 
 
-def geometry_scores(config: Path, benchmarks: Dict[str, Path], seed: int, reach: float = 0.02) -> Dict[str, Dict]:
+def geometry_scores(run: "TrainedRun", benchmarks: Dict[str, Path], seed: int, reach: float = 0.02) -> Dict[str, Dict]:
     """A reference for what labels can do: every trained Gaussian labelled by the scene's true geometry (the
     part it lies in, or whose surface its centre is nearest to, within `reach` = 2 cm, the half-width of the
     thinnest parts; else none), each prompt selecting its entity's Gaussians, scored exactly as the clicks
@@ -84,9 +91,7 @@ def geometry_scores(config: Path, benchmarks: Dict[str, Path], seed: int, reach:
     from splatseg_ns.core.selection_file import Selection
     from splatseg_ns.scenes.tabletop import build_tabletop
     from splatseg_ns.tools.evaluate import evaluate
-    from splatseg_ns.trained_run import TrainedRun
 
-    run = TrainedRun(config)
     outputs = run.pipeline.datamanager.train_dataparser_outputs
     transform, scale = outputs.dataparser_transform.double().numpy(), float(outputs.dataparser_scale)
     means = run.model.means.detach().cpu().double().numpy()
@@ -104,7 +109,7 @@ def geometry_scores(config: Path, benchmarks: Dict[str, Path], seed: int, reach:
     return {f"{level}_geometry": evaluate(run, bench, select) for level, bench in benchmarks.items()}
 
 
-def select_by_masks_scores(config: Path, scene_dir: Path, share: float = 0.1) -> Dict[str, Dict]:
+def select_by_masks_scores(run: "TrainedRun", scene_dir: Path, share: float = 0.1) -> Dict[str, Dict]:
     """`splatseg select --masks` per object with the exact masks of `share` of the training views (evenly
     spaced), scored on the views without a mask like the click prompts (visible masks), and its export
     rendered alone against the amodal masks; with the time each selection took."""
@@ -119,9 +124,7 @@ def select_by_masks_scores(config: Path, scene_dir: Path, share: float = 0.1) ->
     from splatseg_ns.tools.evaluate import render_ply_alone, render_selection_mask
     from splatseg_ns.tools.export import export_selection
     from splatseg_ns.tools.select import select_by_masks
-    from splatseg_ns.trained_run import TrainedRun
 
-    run = TrainedRun(config)
     scene = json.loads((scene_dir / "scene.json").read_text())
     train = scene["train_views"]
     given = train[:: max(1, round(1 / share))]
@@ -254,9 +257,12 @@ def main() -> None:
         bench = out / "benchmarks" / level
         write_benchmark(clean, bench, level, TRAIN_PROMPT_VIEWS + heldout, TRAIN_SCORE_VIEWS + heldout)
         benchmarks[level] = bench
-    results = {**evaluate_both(config, benchmarks), **geometry_scores(config, benchmarks, args.seed)}
+    from splatseg_ns.trained_run import TrainedRun
+
+    run = TrainedRun(config)  # one load (and one image cache) for all three scorers
+    results = {**evaluate_both(run, benchmarks), **geometry_scores(run, benchmarks, args.seed)}
     steps = amortised_step_times(config)
-    by_masks = select_by_masks_scores(config, clean)
+    by_masks = select_by_masks_scores(run, clean)
     (out / "results.json").write_text(json.dumps({"steps": steps, "results": results, "select_by_masks": by_masks},
                                                  indent=1))
     print(format_tables(results, steps, f"tabletop, {args.masks} masks, GFL {'off' if args.no_gfl else 'on'}, "

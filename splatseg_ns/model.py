@@ -88,9 +88,10 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """Cosine margin below which pairs of different fine masks are no longer pushed apart."""
     contrastive_negative_weight: float = 0.1
     """Weight of the push (negative) term relative to the pull term."""
-    fine_push_within_objects: bool = False
+    fine_push_within_objects: bool = True
     """Average the fine push over pairs of parts of one coarse mask only, not over every pair of
-    different parts (Click-Gaussian's mean, in which pairs of two objects, already apart, dilute it)."""
+    different parts (Click-Gaussian's mean, in which pairs of two objects, already apart, dilute it);
+    False gives Click-Gaussian's mean."""
     push_block: int = 1024
     """The push averages over the negative pairs within blocks of this many sampled pixels (they come in
     random order: a uniform sample of all pairs, at num-sampled-pixels x push-block cost instead of its

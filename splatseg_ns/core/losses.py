@@ -99,7 +99,8 @@ def contrastive_level_loss(
     order (`sample_pixels`), so the blocks' pairs are a uniform sample of all pairs: the same mean
     in expectation, at P * push_block instead of P^2 cost.
     push_groups: [P] ids of enclosing masks (the coarse masks, for the fine level): when given, the push
-    counts only the negative pairs inside one group, so its mean is over the pairs it is there for.
+    counts only the negative pairs inside one group, so its mean is over the pairs it is there for;
+    group 0 (no enclosing mask) is no group, its pixels take part in no push.
     Returns {"pull": -mean cos over positives, "push": weight * mean 1[cos > margin] cos over negatives}.
     """
     valid = ids > 0
@@ -124,7 +125,7 @@ def contrastive_level_loss(
         different = ids_block[:, None] != ids_block[None, :]
         if groups is not None:
             groups_block = groups[start : start + block]
-            different &= groups_block[:, None] == groups_block[None, :]
+            different &= (groups_block[:, None] == groups_block[None, :]) & (groups_block > 0)[:, None]
         cos = g_block @ g_block.T
         total = total + cos.masked_fill(~(different & (cos > margin)), 0.0).sum()  # no P x P zeros tensor
         num_negative += int(different.sum())

@@ -138,11 +138,12 @@ def test_grouped_push_averages_over_the_pairs_inside_one_group_only():
     torch.manual_seed(5)
     features = torch.randn(60, 5)
     ids = torch.randint(0, 7, (60,))
-    groups = (ids + 1) // 2  # masks 1-2, 3-4, 5-6 are parts of three objects; 0 stays unmasked
+    groups = (ids + 1) // 2  # masks 1-2, 3-4 are parts of two objects; 0 stays unmasked
+    groups[ids >= 5] = 0  # parts 5 and 6 have no enclosing mask: not parts of one object, no push
     out = contrastive_level_loss(features, ids, margin=0.0, negative_weight=0.1, push_groups=groups)
     f = F.normalize(features, dim=-1)
     pushes = [f[i] @ f[j] for i in range(60) for j in range(60)
-              if i != j and ids[i] > 0 and ids[j] > 0 and ids[i] != ids[j] and groups[i] == groups[j]]
+              if i != j and ids[i] > 0 and ids[j] > 0 and ids[i] != ids[j] and groups[i] == groups[j] > 0]
     expected = 0.1 * torch.stack([c * (c > 0.0) for c in pushes]).mean()
     torch.testing.assert_close(out["push"], expected)
     plain = contrastive_level_loss(features, ids, margin=0.0, negative_weight=0.1)
