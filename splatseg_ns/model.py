@@ -391,9 +391,6 @@ class SplatsegModel(SplatfactoModel):
         check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
         cameras = datamanager.train_dataset.cameras
         centers = {level: getattr(self, f"candidate_centers_{level}") for level in LEVELS}
-        # The masks GFL clustered into the current candidates keep their cluster (a run just refreshed);
-        # candidates restored from a checkpoint carry only their centres.
-        clustering = self.candidates if self.candidates is not None and self.candidates.coarse.mask_ids.numel() else None
         totals = {level: torch.zeros(self.num_points, centers[level].shape[0] + 1, device=self.device) for level in LEVELS}
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
         for index, data in enumerate(datamanager.cached_train):
@@ -407,14 +404,8 @@ class SplatsegModel(SplatfactoModel):
                 ids = data[f"{level}_mask"].to(self.device)
                 if ids.shape != features.shape[:2]:
                     ids = _resize_nearest(ids, *features.shape[:2])
-                clustered = None
-                if clustering is not None:
-                    table = clustering.level(level)
-                    members = table.mask_views == index
-                    clustered = (table.mask_ids[members], table.mask_labels[members])
                 labels = mask_labels(ids, level_features(features, level, self.config.coarse_feature_dim),
-                                     centers[level], self.config.vote.min_mask_cos, clustered,
-                                     self.config.vote.border_px)
+                                     centers[level], self.config.vote.min_mask_cos, self.config.vote.border_px)
                 present[level], local = compact(labels)
                 targets.append(one_hot_labels(local, present[level].numel()))
             weights = rendered_weights(lambda values, geometry=geometry: render_features(rasterize, geometry, values),

@@ -88,3 +88,11 @@ def test_trained_run_loads_and_features_separate_objects(trained_demo_run: Path)
     assert np.mean(coarse_within) > 0.8, coarse_within
     assert np.mean(coarse_between) < np.mean(coarse_within) - 0.4, (coarse_within, coarse_between)
     assert np.mean(fine_between) < np.mean(fine_within) - 0.2, (fine_within, fine_between)
+
+    # The votes saved at the last step are the ones the loaded run casts again: a mask maps to a candidate
+    # by its rendered features alone, not by state that only the training process had.
+    saved = {level: getattr(model, f"vote_labels_{level}").clone() for level in ("coarse", "fine")}
+    assert all(labels.shape[0] == model.num_points and (labels >= 0).any() for labels in saved.values())
+    model.compute_votes(pipeline.datamanager)
+    for level, labels in saved.items():
+        assert torch.equal(getattr(model, f"vote_labels_{level}"), labels), level

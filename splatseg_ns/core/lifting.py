@@ -13,9 +13,8 @@ of FlashSplat's linear program is that argmax).
   is 1 (`one_hot_labels`). Any differentiable rasteriser does it (gsplat's CUDA kernels,
   `rasterize` on a CPU); both levels of a view go through one backward.
 - `mask_labels` turns one view's instance map into per-pixel labels: each 2D mask maps to the
-  global candidate GFL clustered it into, or (a mask HDBSCAN left out, or a run whose clustering
-  is not at hand) the candidate its mean rendered feature is closest to, when it is close enough;
-  a mask no candidate describes casts no vote; unmasked pixels vote "nothing".
+  global candidate its mean rendered feature is closest to, when it is close enough (as GFL maps
+  masks to candidates); a mask no candidate describes casts no vote; unmasked pixels vote "nothing".
 - `tally_votes` gives each Gaussian its label: the candidate it carries most weight for, or none
   (-1) when more of its weight falls on unmasked pixels, or it is never seen. That is what keeps
   background Gaussians and floaters out of every selection.
@@ -24,7 +23,7 @@ of FlashSplat's linear program is that argmax).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -103,16 +102,15 @@ def rendered_weights(render: Callable[[torch.Tensor], torch.Tensor], num_gaussia
 
 @torch.no_grad()
 def mask_labels(ids: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor, min_cos: float,
-                clustered: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, border_px: int = 0) -> torch.Tensor:
+                border_px: int = 0) -> torch.Tensor:
     """[H, W] long labels of one view at one level: candidate k, K for unmasked pixels, IGNORE for the
     pixels of masks that map to no candidate and for unmasked pixels within `border_px` of a mask
     (automatic masks leave their borders and thin parts out: a gap there is no evidence of background).
 
     ids [H, W]: the view's instance map (0 = no mask); feature_map [H, W, D_level]: the rendered
-    features of the level; centers [K, D_level]: the level's global candidates. clustered: (mask ids,
-    candidate labels) of this view's masks as GFL clustered them (-1: HDBSCAN noise); those with a
-    label keep it, the others take the candidate their mean feature is closest to when the cosine
-    is at least `min_cos`.
+    features of the level; centers [K, D_level]: the level's global candidates. Each mask takes the
+    candidate its mean feature is closest to when the cosine is at least `min_cos`, by its features
+    alone, so votes cast at the end of training and after loading the run are the same.
     """
     num_candidates = centers.shape[0]
     flat_ids = ids.reshape(-1).long()
@@ -133,11 +131,6 @@ def mask_labels(ids: torch.Tensor, feature_map: torch.Tensor, centers: torch.Ten
         cos = F.normalize(sums, dim=-1) @ F.normalize(centers.float().to(sums.device), dim=-1).T
         best_cos, best = cos.max(dim=-1)
         mask_label = torch.where(best_cos >= min_cos, best, torch.full_like(best, IGNORE))
-        if clustered is not None:
-            known_ids, known_labels = (t.to(mask_ids.device).long() for t in clustered)
-            position = torch.searchsorted(mask_ids, known_ids).clamp(max=mask_ids.numel() - 1)
-            found = (mask_ids[position] == known_ids) & (known_labels >= 0) & (known_labels < num_candidates)
-            mask_label[position[found]] = known_labels[found]
     labels[masked] = mask_label[inverse]
     return labels.reshape(ids.shape)
 

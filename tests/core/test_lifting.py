@@ -70,9 +70,6 @@ def test_masks_map_to_the_candidate_of_their_mean_feature():
     assert labels.tolist() == [[2, 0, 0], [1, 1, IGNORE]]
     assert (mask_labels(ids, features, torch.zeros(0, 2), 0.9) == torch.tensor([[0, IGNORE, IGNORE],
                                                                               [IGNORE, IGNORE, IGNORE]])).all()
-    # Masks GFL clustered keep their cluster (mask 3 too); HDBSCAN noise (-1) falls back to the mean feature.
-    clustered = (torch.tensor([1, 3, 2]), torch.tensor([1, 0, -1]))
-    assert mask_labels(ids, features, centers, 0.9, clustered).tolist() == [[2, 1, 1], [1, 1, 0]]
     present, local = compact(labels)
     assert present.tolist() == [0, 1, 2] and local.tolist() == [[2, 0, 0], [1, 1, IGNORE]]
 
