@@ -91,6 +91,7 @@ def geometry_scores(run: "TrainedRun", benchmarks: Dict[str, Path], seed: int, r
     from splatseg_ns.core.selection_file import Selection
     from splatseg_ns.scenes.tabletop import build_tabletop
     from splatseg_ns.tools.evaluate import evaluate
+    from splatseg_ns.tools.select import MASK_LEVEL
 
     outputs = run.pipeline.datamanager.train_dataparser_outputs
     transform, scale = outputs.dataparser_transform.double().numpy(), float(outputs.dataparser_scale)
@@ -104,7 +105,7 @@ def geometry_scores(run: "TrainedRun", benchmarks: Dict[str, Path], seed: int, r
     def select(prompt: Dict) -> "Selection":
         entity = prompt["name"].split("@")[0]
         indices = np.nonzero(np.isin(part_ids, ids_of[entity]))[0].tolist()
-        return Selection(str(run.config_path), run.fingerprint, "masks", indices)  # exported whole, no filter
+        return Selection(str(run.config_path), run.fingerprint, MASK_LEVEL, indices)  # exported whole, no filter
 
     return {f"{level}_geometry": evaluate(run, bench, select) for level, bench in benchmarks.items()}
 
