@@ -1,0 +1,1 @@
+"""What the `splatseg` subcommands do, one module each, on a `TrainedRun` and the core modules."""

@@ -1,0 +1,58 @@
+"""`splatseg masks`: precompute the per-image cache (SAM masks; CLIP embeddings, DINO features) outside training.
+
+The same cache `ns-train splatseg` fills on first use (`core.extraction.extract_all` with the
+`core.extractors`), so a big scene can be extracted ahead of time, on n GPUs or machines at once
+(`--shard i/n`), and training then only reads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from splatseg_ns.core.cache import CACHE_FOLDER
+from splatseg_ns.core.extraction import ExtractionSummary, extract_all
+from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def dataset_images(data: Path) -> List[Path]:
+    """The images of a dataset folder: those in DATA/images/, else in DATA itself, by name."""
+    folder = data / "images" if (data / "images").is_dir() else data
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def run_masks(
+    data_dir: Path,
+    image_paths: Sequence[Path],
+    cache_dir: Optional[Path] = None,
+    sam_config=None,
+    dino: bool = False,
+    clip: bool = False,
+    shard: Tuple[int, int] = (0, 1),
+    dino_config=None,
+    clip_config=None,
+    device: Optional[str] = None,
+    progress: bool = True,
+    overwrite_other_dataset: bool = False,
+) -> ExtractionSummary:
+    """Fill the cache: SAM masks always (CLIP embeds them); DINO features and CLIP embeddings when asked.
+
+    Models are loaded only if some entry of this shard needs computing. Prints a one-line summary.
+    """
+    if device is None:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    extractors = [sam_extractor(sam_config, device)]
+    if dino:
+        extractors.append(dino_extractor(dino_config, device))
+    if clip:
+        extractors.append(clip_extractor(clip_config, device))
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path(data_dir) / CACHE_FOLDER
+    summary = extract_all(image_paths, extractors, cache_dir, shard=shard, progress=progress, data_dir=data_dir,
+                          overwrite_other_dataset=overwrite_other_dataset)
+    parts = [f"{p}: {summary.computed(p)} computed, {c.get('hit', 0)} cached" for p, c in summary.counts.items()]
+    print(f"splatseg masks: {summary.images} images (shard {shard[0]}/{shard[1]}) -> {cache_dir}; " + "; ".join(parts))
+    return summary
