@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv with splatseg and everything it needs (idempotent; re-run after pulling).
+# Create ./.venv with splatseg and everything it needs, the optional Ray extra included (idempotent; re-run after
+# pulling).
 # On a machine without an NVIDIA GPU it pins the CPU build of torch (ci/constraints-cpu.txt)
 # and installs the torchvision CPU fix; a GPU machine gets neither.
 set -euo pipefail
@@ -28,11 +29,11 @@ fi
 
 [ -x "$VENV/bin/python" ] || uv venv -q "$VENV" --python "$PYTHON"
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  uv pip install -q --python "$VENV/bin/python" -e ".[dev]"
+  uv pip install -q --python "$VENV/bin/python" -e ".[dev,ray]"
 else
   extra=()
   [ -d /opt/wheels ] && extra+=(--find-links /opt/wheels)  # the local CPU torch wheel on the build machines
-  uv pip install -q --python "$VENV/bin/python" -c ci/constraints-cpu.txt "${extra[@]}" -e ".[dev]"
+  uv pip install -q --python "$VENV/bin/python" -c ci/constraints-cpu.txt "${extra[@]}" -e ".[dev,ray]"
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   echo "import splatseg_ns._torchvision_cpu as _m; _m.install()" > "$site/splatseg_torchvision_cpu.pth"
 fi

@@ -10,6 +10,7 @@ to its module in `tools` (one module per subcommand). Bad input of any kind ends
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple, Union
@@ -35,13 +36,14 @@ def _input_errors() -> Tuple[type, ...]:
     from splatseg_ns.core.cache import CacheError
     from splatseg_ns.core.images import ImageReadError, InputFilesError
     from splatseg_ns.core.masks import MaskError
+    from splatseg_ns.core.ray_extraction import RaySetupError
     from splatseg_ns.core.selection_file import SelectionError
     from splatseg_ns.core.weights import WeightsError
     from splatseg_ns.tools.checks import InputError
     from splatseg_ns.trained_run import RunError
 
     return (InputError, RunError, SelectionError, CacheError, WeightsError, ImageReadError, InputFilesError, MaskError,
-            OSError)
+            RaySetupError, OSError)
 
 
 @dataclass
@@ -305,7 +307,17 @@ class Masks:
     cache_dir: Optional[Path] = None
     """Cache folder (default: DATA/splatseg_cache), the one ns-train reads."""
     shard: str = "0/1"
-    """i/n: process every n-th image starting at i, so n GPUs or machines share a big scene."""
+    """i/n: process every n-th image starting at i, so n GPUs or machines share a big scene (for Slurm-style job
+    arrays; with a Ray cluster prefer --ray, which schedules, retries and checks the whole scene in one command)."""
+    ray: Optional[str] = None
+    """Compute on Ray workers, one per GPU (or per --ray-cpus-per-worker CPUs without GPUs), this process writing
+    every entry: 'auto' (the cluster this machine joined with `ray start`, else a local instance), 'local', or
+    the cluster's address. Needs the extra: pip install 'splatseg[ray]'."""
+    ray_cpus_per_worker: float = 1.0
+    """CPUs per Ray worker when the cluster has no GPU."""
+    ray_workers: Optional[int] = None
+    """At most this many Ray workers (default: as many as the cluster holds)."""
+    on_interrupt = "every cache entry written so far is valid and kept; rerun the same command to compute the rest"
     clip: bool = False
     """Also embed every mask with CLIP (for text queries)."""
     dino: bool = False
@@ -318,13 +330,25 @@ class Masks:
     """DINO model, resolution and PCA size (with --dino)."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.checks import InputError, existing_folder, writable_folder
+        from splatseg_ns.tools.checks import InputError, at_least, existing_folder, writable_folder
         from splatseg_ns.tools.masks import dataset_images, run_masks
 
         parts = self.shard.split("/")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
             raise InputError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
         i, n = int(parts[0]), int(parts[1])
+        runner = None
+        if self.ray is not None:
+            from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+
+            if n != 1:
+                raise InputError(f"--ray with --shard {self.shard}: give one of them (Ray splits the scene itself)")
+            if not self.ray.strip():
+                raise InputError("--ray '': give auto, local or the cluster's address (host:port)")
+            if not self.ray_cpus_per_worker > 0:
+                raise InputError(f"--ray-cpus-per-worker {self.ray_cpus_per_worker}: give a number of CPUs > 0")
+            at_least(self.ray_workers, "--ray-workers", 1)
+            runner = ray_runner(RayOptions(self.ray, self.ray_cpus_per_worker, self.ray_workers))
         existing_folder(self.data, "--data", "a dataset folder with images/")
         if self.cache_dir is not None:
             writable_folder(self.cache_dir, "--cache-dir")
@@ -332,7 +356,7 @@ class Masks:
         if not images:
             raise InputError(f"--data {self.data}: no images found (looked in images/ and the folder itself).")
         run_masks(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
-                  dino_config=self.dino_config, clip_config=self.clip_config)
+                  dino_config=self.dino_config, clip_config=self.clip_config, runner=runner)
 
 
 @dataclass
@@ -387,6 +411,10 @@ def entrypoint() -> None:
         command.main()
     except _input_errors() as err:
         _fail(err)
+    except KeyboardInterrupt:
+        kept = getattr(command, "on_interrupt", "files are written atomically, so none is half-written")
+        print(f"\ninterrupted; {kept}.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -26,12 +26,13 @@ class InputFilesError(ValueError):
     """Some images (or their masks) could not be processed; `errors` holds one error per file.
 
     Raised after every other image was processed, so that one bad file costs one rerun of what
-    is missing, not the whole job.
+    is missing, not the whole job. `summary` is what the job did meanwhile (an extraction's summary), if given.
     """
 
-    def __init__(self, message: str, errors: Sequence[Exception]):
+    def __init__(self, message: str, errors: Sequence[Exception], summary=None):
         super().__init__(message)
         self.errors = list(errors)
+        self.summary = summary
 
 
 def load_image(path: Path) -> np.ndarray:

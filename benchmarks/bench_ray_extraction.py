@@ -1,0 +1,96 @@
+r"""Images per second of `splatseg masks` serial against `--ray` with 1 and 2 workers, in one run, on this machine.
+
+Two model sets, random weights (no checkpoint can be downloaded here): the tiny SAM + CLIP of the tests, and
+SAM's real ViT-B architecture (points_per_side 8, so that a CPU run takes minutes, not hours). Each runner
+fills a fresh copy of the same cache; the Ray instance is started once before the timed runs and its
+start-up time (init + one worker ready) is reported apart. Each Ray run's time includes sending the
+extractors to its workers and their loading them.
+
+    python benchmarks/bench_ray_extraction.py [--images 8] [--real-images 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def model_sets(real: bool):
+    from segment_anything import sam_model_registry
+
+    from splatseg_ns.core.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extractors import clip_extractor, sam_extractor
+    from splatseg_ns.core.sam_masks import SamMaskConfig
+    from splatseg_ns.testing.tiny_models import build_tiny_clip, build_tiny_sam
+
+    loose = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    if real:
+        return [sam_extractor(SamMaskConfig(model_type="vit_b", points_per_side=8, **loose), "cpu",
+                              model=sam_model_registry["vit_b"]())]
+    model, tokenizer = build_tiny_clip()
+    return [sam_extractor(SamMaskConfig(points_per_side=8, **loose), "cpu", model=build_tiny_sam()),
+            clip_extractor(ClipConfig(), "cpu", model, tokenizer)]
+
+
+def timed(images, root: Path, extractors, runner) -> float:
+    from splatseg_ns.core.extraction import extract_all
+
+    start = time.perf_counter()
+    summary = extract_all(images, extractors, data_dir=root, progress=False, runner=runner)
+    seconds = time.perf_counter() - start
+    assert summary.images_computed == len(images), summary
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=8, help="images for the tiny models")
+    parser.add_argument("--real-images", type=int, default=3, help="images for the ViT-B SAM")
+    parser.add_argument("--size", type=int, default=128, help="image side in pixels")
+    args = parser.parse_args()
+
+    import ray
+
+    from splatseg_ns._torchvision_cpu import install
+    from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+    from tests.helpers import write_images
+
+    install()
+    start = time.perf_counter()
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    probe = ray.remote(num_cpus=1)(lambda: True)
+    ray.get(probe.remote())
+    startup = time.perf_counter() - start
+    print(f"Ray start-up (local instance, init + first worker ready): {startup:.1f} s; "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print("\n| models | images | serial img/s | ray 1 worker img/s (ratio) | ray 2 workers img/s (ratio) |")
+    print("|---|---:|---:|---:|---:|")
+    work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
+    try:
+        for real, n in ((False, args.images), (True, args.real_images)):
+            source = work / f"source_{real}"
+            images = write_images(source, n=n, size=(args.size, args.size))
+            rates = []
+            for name, runner in (("serial", None), ("ray1", ray_runner(RayOptions(workers=1))),
+                                 ("ray2", ray_runner(RayOptions(workers=2)))):
+                root = work / f"{name}_{real}"
+                shutil.copytree(source, root)
+                mine = [root / p.relative_to(source) for p in images]
+                rates.append(n / timed(mine, root, model_sets(real), runner))
+            label = "SAM ViT-B (random weights), 8x8 points" if real else "tiny SAM + tiny CLIP"
+            print(f"| {label} | {n} x {args.size} px | {rates[0]:.2f} | {rates[1]:.2f} ({rates[1] / rates[0]:.2f}x) | "
+                  f"{rates[2]:.2f} ({rates[2] / rates[0]:.2f}x) |", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
