@@ -2,11 +2,12 @@ r"""Images per second of `splatseg masks` serial against `--ray` with 1 and 2 wo
 
 Two model sets, random weights (no checkpoint can be downloaded here): the tiny SAM + CLIP of the tests, and
 SAM's real ViT-B architecture (points_per_side 8, so that a CPU run takes minutes, not hours). Each runner
-fills a fresh copy of the same cache; the Ray instance is started once before the timed runs and its
-start-up time (init + one worker ready) is reported apart. Each Ray run's time includes sending the
-extractors to its workers and their loading them.
+fills a fresh copy of the same cache: serially with torch's threads, serially on 1 thread (what one 1-CPU
+Ray worker has), and on Ray with 1 and 2 workers. The Ray instance is started once before the timed runs
+and its start-up time (init + one worker ready) is reported apart; each Ray run's time includes starting
+its workers and sending them the extractors (ViT-B: 360 MB of weights each).
 
-    python benchmarks/bench_ray_extraction.py [--images 8] [--real-images 3]
+    python benchmarks/bench_ray_extraction.py [--images 40] [--real-images 4]
 """
 
 from __future__ import annotations
@@ -51,12 +52,13 @@ def timed(images, root: Path, extractors, runner) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=8, help="images for the tiny models")
-    parser.add_argument("--real-images", type=int, default=3, help="images for the ViT-B SAM")
+    parser.add_argument("--images", type=int, default=40, help="images for the tiny models")
+    parser.add_argument("--real-images", type=int, default=4, help="images for the ViT-B SAM")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     args = parser.parse_args()
 
     import ray
+    import torch
 
     from splatseg_ns._torchvision_cpu import install
     from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
@@ -70,23 +72,30 @@ def main() -> None:
     startup = time.perf_counter() - start
     print(f"Ray start-up (local instance, init + first worker ready): {startup:.1f} s; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    print("\n| models | images | serial img/s | ray 1 worker img/s (ratio) | ray 2 workers img/s (ratio) |")
-    print("|---|---:|---:|---:|---:|")
+    print("\n| models | images | serial img/s | serial, 1 thread | ray, 1 worker | ray, 2 workers | 2 workers / serial |"
+          " 2 workers / 1 worker |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         for real, n in ((False, args.images), (True, args.real_images)):
             source = work / f"source_{real}"
             images = write_images(source, n=n, size=(args.size, args.size))
             rates = []
-            for name, runner in (("serial", None), ("ray1", ray_runner(RayOptions(workers=1))),
-                                 ("ray2", ray_runner(RayOptions(workers=2)))):
+            for name, runner, threads in (("serial", None, torch.get_num_threads()), ("serial1", None, 1),
+                                          ("ray1", ray_runner(RayOptions(workers=1)), None),
+                                          ("ray2", ray_runner(RayOptions(workers=2)), None)):
                 root = work / f"{name}_{real}"
                 shutil.copytree(source, root)
                 mine = [root / p.relative_to(source) for p in images]
-                rates.append(n / timed(mine, root, model_sets(real), runner))
+                default_threads = torch.get_num_threads()
+                torch.set_num_threads(threads or default_threads)  # each Ray worker runs 1 thread (1 CPU)
+                try:
+                    rates.append(n / timed(mine, root, model_sets(real), runner))
+                finally:
+                    torch.set_num_threads(default_threads)
             label = "SAM ViT-B (random weights), 8x8 points" if real else "tiny SAM + tiny CLIP"
-            print(f"| {label} | {n} x {args.size} px | {rates[0]:.2f} | {rates[1]:.2f} ({rates[1] / rates[0]:.2f}x) | "
-                  f"{rates[2]:.2f} ({rates[2] / rates[0]:.2f}x) |", flush=True)
+            print(f"| {label} | {n} x {args.size} px | " + " | ".join(f"{r:.3f}" for r in rates)
+                  + f" | {rates[3] / rates[0]:.2f}x | {rates[3] / rates[2]:.2f}x |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()
