@@ -10,6 +10,7 @@ to its module in `tools` (one module per subcommand). Bad input of any kind ends
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,14 @@ def _input_errors() -> Tuple[type, ...]:
             RaySetupError, OSError)
 
 
+def _written_by_demo_data(folder: Path) -> bool:
+    """Whether `folder` holds a scene `splatseg demo-data` wrote (its scene.json's own fields)."""
+    from splatseg_ns.core.files import read_json
+
+    scene = read_json(Path(folder) / "scene.json")
+    return isinstance(scene, dict) and {"description", "camera_convention", "num_views", "objects"} <= set(scene)
+
+
 @dataclass
 class DemoData:
     """Write a procedural scene with exact two-level masks (nerfstudio format): the easy demo, or the hard tabletop."""
@@ -60,14 +69,21 @@ class DemoData:
     resolution: Optional[int] = None
     """Width and height of each square image, in pixels (default: 96 demo, 128 tabletop)."""
     seed: int = 0
-    """Random seed: the same seed writes the same scene."""
+    """Random seed (0 or more): the same seed writes the same scene."""
+    overwrite: bool = False
+    """Write into a non-empty folder that holds something else than a scene this command wrote."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.checks import at_least, writable_folder
+        from splatseg_ns.tools.checks import at_least, fits_in_memory, not_someone_elses_folder, writable_folder
 
         at_least(self.num_views, "--num-views", 1)
         at_least(self.resolution, "--resolution", 8)
+        at_least(self.seed, "--seed", 0)
+        if self.resolution is not None:  # rays, hits and depth per pixel, in float64, for a whole view at once
+            fits_in_memory(600 * self.resolution**2, f"--resolution {self.resolution}", "one view")
         writable_folder(self.output, "OUTPUT")
+        not_someone_elses_folder(self.output, "OUTPUT", _written_by_demo_data(self.output) or self.overwrite,
+                                 "--overwrite")
         if self.scene == "tabletop":
             from splatseg_ns.scenes.tabletop import write_tabletop_scene as write
         else:
@@ -158,6 +174,10 @@ class Select:
         writable_file(self.output, "--output")
         if self.masks is not None:
             existing_folder(self.masks, "--masks", "binary masks named like the views' images")
+            unused = [flag for flag, given in (("--view", self.view is not None), ("--threshold", self.threshold is not None),
+                                               ("--level", self.level != "coarse")) if given]
+            if unused:
+                raise InputError(f"--masks takes no {', '.join(unused)}: the masks pick the Gaussians themselves")
         run = TrainedRun(self.load_config)
         if self.masks is not None:
             selection = select_by_masks(run, self.masks)
@@ -334,9 +354,13 @@ class Masks:
         from splatseg_ns.tools.masks import dataset_images, run_masks
 
         parts = self.shard.split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        if (len(parts) != 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts)  # not str.isdigit: '²'
+                or not 0 <= int(parts[0]) < int(parts[1])):
             raise InputError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
         i, n = int(parts[0]), int(parts[1])
+        bad = self.sam.problems("--sam.")
+        if bad:
+            raise InputError("; ".join(bad))
         runner = None
         if self.ray is not None:
             from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
@@ -378,10 +402,11 @@ class Bench:
 
     def main(self) -> None:
         from splatseg_ns.tools.bench import format_table, speed_table
-        from splatseg_ns.tools.checks import InputError, at_least, device_available
+        from splatseg_ns.tools.checks import InputError, at_least, device_available, fits_in_memory
 
         if not self.sizes or min(self.sizes) < 1:
             raise InputError(f"--sizes {' '.join(map(str, self.sizes))}: give one or more numbers of Gaussians >= 1")
+        fits_in_memory(600 * max(self.sizes), f"--sizes {max(self.sizes)}", "the largest scene (~600 B a Gaussian)")
         at_least(self.threads, "--threads", 1)
         at_least(self.click_resolution, "--click-resolution", 1)
         device_available(self.device)

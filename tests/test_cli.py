@@ -240,16 +240,23 @@ def test_bad_input_ends_in_one_clear_line(world, name, arguments, words, kept):
 def test_segments_export_replaces_its_own_earlier_files_and_leaves_others(world):
     folder = world["root"] / "segments"
     folder.mkdir()
-    (folder / "segment_999.ply").write_bytes(b"from an earlier export of more segments")
     (folder / "notes.txt").write_text("mine")
+    (folder / "segment_1_notes.ply").write_bytes(b"the user's")  # named like a segment, in no manifest
+    (folder / "segment_07_backup.ply").write_bytes(b"the user's too")
     code, said = run_cli(["export", "--load-config", str(world["config"]), "--segments", "--output-dir", str(folder)])
-    assert code == 0, said
-    assert "replacing the 1 files of an earlier segments export" in said
+    assert code == 0 and "replacing" not in said, said
+    manifest = json.loads((folder / "segments.json").read_text())
+    written = sorted(manifest["files"])
+    assert "segments_coloured.ply" in written and all((folder / name).exists() for name in written)
+    manifest["files"].append("segment_999.ply")  # as if an earlier export had written one more segment
+    (folder / "segment_999.ply").write_bytes(b"from an earlier export of more segments")
+    (folder / "segments.json").write_text(json.dumps(manifest))
+    code, said = run_cli(["export", "--load-config", str(world["config"]), "--segments", "--output-dir", str(folder)])
+    assert code == 0 and f"replacing the {len(written) + 1} files" in said, said
     assert not (folder / "segment_999.ply").exists() and (folder / "notes.txt").read_text() == "mine"
-    written = sorted(p.name for p in folder.glob("segment_*.ply"))
-    code, said = run_cli(["export", "--load-config", str(world["config"]), "--segments", "--output-dir", str(folder)])
-    assert code == 0 and f"replacing the {len(written) + 1} files" in said
-    assert sorted(p.name for p in folder.glob("segment_*.ply")) == written
+    assert (folder / "segment_1_notes.ply").read_bytes() == b"the user's"
+    assert (folder / "segment_07_backup.ply").read_bytes() == b"the user's too"
+    assert sorted(json.loads((folder / "segments.json").read_text())["files"]) == written
 
 
 def test_written_files_have_the_usual_modes(world):

@@ -98,6 +98,7 @@ def prepare_extraction(
     ordered = _dependency_order(products)
     all_images = sorted({Path(p) for p in image_paths}, key=cache.key)
     cache.check_dataset(all_images, overwrite=overwrite_other_dataset)
+    cache.remove_stale_temporaries()
     for extractor in ordered:
         if extractor.prepare is not None:
             extractor.settings = {**extractor.settings, **extractor.prepare(cache, all_images)}
