@@ -81,6 +81,12 @@ class ImageJob:
     cached: Dict[str, Dict[str, np.ndarray]]
 
 
+def unreadable_images(image_paths: Iterable[Path]) -> List[Path]:
+    """The paths that are no file one can read (a broken or looping link): reported with the bad files, never
+    hashed (which would stop the whole run)."""
+    return sorted({Path(p) for p in image_paths if not Path(p).is_file()})
+
+
 def prepare_extraction(
     image_paths: Sequence[Path],
     products: Sequence[Extractor],
@@ -96,7 +102,7 @@ def prepare_extraction(
         data_dir = Path(cache_dir).resolve().parent
     cache = FeatureCache(data_dir, cache_dir)
     ordered = _dependency_order(products)
-    all_images = sorted({Path(p) for p in image_paths}, key=cache.key)
+    all_images = sorted({Path(p) for p in image_paths if Path(p).is_file()}, key=cache.key)  # see unreadable_images
     cache.check_dataset(all_images, overwrite=overwrite_other_dataset)
     cache.remove_stale_temporaries()
     for extractor in ordered:
@@ -136,11 +142,14 @@ def extract_all(
     start = time.perf_counter()
     cache, ordered, all_images = prepare_extraction(image_paths, products, cache_dir, data_dir,
                                                     overwrite_other_dataset)
+    unreadable = shard_images(unreadable_images(image_paths), shard, cache)
     mine = shard_images(all_images, shard, cache)
-    summary = ExtractionSummary(images=len(mine))
+    summary = ExtractionSummary(images=len(mine) + len(unreadable))
     if runner is None:
         runner = functools.partial(_extract_here, shard=shard)
-    failed = runner(cache, mine, ordered, summary, progress)
+    failed = [ImageReadError(f"{p}: not a readable file (a broken or looping symbolic link, or a folder); fix or "
+                             "remove it") for p in unreadable]
+    failed += runner(cache, mine, ordered, summary, progress)
     summary.images_failed = len(failed)
     summary.seconds = time.perf_counter() - start
     if failed:
