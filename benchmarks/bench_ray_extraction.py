@@ -5,9 +5,10 @@ SAM's real ViT-B architecture (points_per_side 8, so that a CPU run takes minute
 fills a fresh copy of the same cache: serially with torch's threads, serially on 1 thread (what one 1-CPU
 Ray worker has), and on Ray with 1 and 2 workers. The Ray instance is started once before the timed runs
 and its start-up time (init + one worker ready) is reported apart; each Ray run's time includes starting
-its workers and sending them the extractors (ViT-B: 360 MB of weights each).
+its workers and sending them the extractors (ViT-B: 360 MB of weights each); the steady rate, the second N
+images of a run of 2N, is what a large scene sees.
 
-    python benchmarks/bench_ray_extraction.py [--images 40] [--real-images 4]
+    python benchmarks/bench_ray_extraction.py [--images 40] [--real-images 2]   # ~15 min on 2 idle cores
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def timed(images, root: Path, extractors, runner) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=40, help="images for the tiny models")
-    parser.add_argument("--real-images", type=int, default=4, help="images for the ViT-B SAM")
+    parser.add_argument("--images", type=int, default=40, help="N for the tiny models (runs of N and 2N images)")
+    parser.add_argument("--real-images", type=int, default=2, help="N for the ViT-B SAM")
     parser.add_argument("--size", type=int, default=128, help="image side in pixels")
     args = parser.parse_args()
 
@@ -72,30 +73,36 @@ def main() -> None:
     startup = time.perf_counter() - start
     print(f"Ray start-up (local instance, init + first worker ready): {startup:.1f} s; "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
-    print("\n| models | images | serial img/s | serial, 1 thread | ray, 1 worker | ray, 2 workers | 2 workers / serial |"
-          " 2 workers / 1 worker |")
+    print("\nimg/s over the whole run (workers' start included) / steady img/s (the second N images: the difference "
+          "between runs of N and 2N images)\n")
+    print("| models | N | serial | serial, 1 thread | ray, 1 worker | ray, 2 workers | steady: 2 workers / serial | "
+          "steady: 2 workers / 1 worker |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     work = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         for real, n in ((False, args.images), (True, args.real_images)):
             source = work / f"source_{real}"
-            images = write_images(source, n=n, size=(args.size, args.size))
-            rates = []
+            images = write_images(source, n=2 * n, size=(args.size, args.size))
+            whole, steady = [], []
             for name, runner, threads in (("serial", None, torch.get_num_threads()), ("serial1", None, 1),
                                           ("ray1", ray_runner(RayOptions(workers=1)), None),
                                           ("ray2", ray_runner(RayOptions(workers=2)), None)):
-                root = work / f"{name}_{real}"
-                shutil.copytree(source, root)
-                mine = [root / p.relative_to(source) for p in images]
                 default_threads = torch.get_num_threads()
                 torch.set_num_threads(threads or default_threads)  # each Ray worker runs 1 thread (1 CPU)
                 try:
-                    rates.append(n / timed(mine, root, model_sets(real), runner))
+                    seconds = {}
+                    for count in (n, 2 * n):
+                        root = work / f"{name}_{real}_{count}"
+                        shutil.copytree(source, root)
+                        mine = [root / p.relative_to(source) for p in images[:count]]
+                        seconds[count] = timed(mine, root, model_sets(real), runner)
                 finally:
                     torch.set_num_threads(default_threads)
+                whole.append(2 * n / seconds[2 * n])
+                steady.append(n / max(seconds[2 * n] - seconds[n], 1e-9))
             label = "SAM ViT-B (random weights), 8x8 points" if real else "tiny SAM + tiny CLIP"
-            print(f"| {label} | {n} x {args.size} px | " + " | ".join(f"{r:.3f}" for r in rates)
-                  + f" | {rates[3] / rates[0]:.2f}x | {rates[3] / rates[2]:.2f}x |", flush=True)
+            print(f"| {label} | {n} x {args.size} px | " + " | ".join(f"{w:.3f} / {s:.3f}" for w, s in zip(whole, steady))
+                  + f" | {steady[3] / steady[0]:.2f}x | {steady[3] / steady[2]:.2f}x |", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         ray.shutdown()

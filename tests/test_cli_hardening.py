@@ -128,7 +128,7 @@ CASES = [
     ("select output into a pipe", lambda w: select(w, "--output", w["root"] / "pipe.json"),
      ["--output", "pipe.json", "not a regular file"]),
     ("export output to a device", lambda w: ["export", "--load-config", w["config"], "--selection", w["good"],
-                                             "--output", "/dev/stdout"], ["--output /dev/stdout", "symbolic link"]),
+                                             "--output", "/dev/null"], ["--output /dev/null", "not a regular file"]),
     # tracebacks
     ("select --masks: a decompression bomb", lambda w: ["select", "--load-config", w["config"], "--masks",
                                                         w["root"] / "bomb_masks", "--output", w["root"] / "o.json"],

@@ -10,6 +10,8 @@ to its module in `tools` (one module per subcommand). Bad input of any kind ends
 
 from __future__ import annotations
 
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Literal, Optional, Tuple, Union
@@ -35,13 +37,22 @@ def _input_errors() -> Tuple[type, ...]:
     from splatseg_ns.core.cache import CacheError
     from splatseg_ns.core.images import ImageReadError, InputFilesError
     from splatseg_ns.core.masks import MaskError
+    from splatseg_ns.core.ray_extraction import RaySetupError
     from splatseg_ns.core.selection_file import SelectionError
     from splatseg_ns.core.weights import WeightsError
     from splatseg_ns.tools.checks import InputError
     from splatseg_ns.trained_run import RunError
 
     return (InputError, RunError, SelectionError, CacheError, WeightsError, ImageReadError, InputFilesError, MaskError,
-            OSError)
+            RaySetupError, OSError)
+
+
+def _written_by_demo_data(folder: Path) -> bool:
+    """Whether `folder` holds a scene `splatseg demo-data` wrote (its scene.json's own fields)."""
+    from splatseg_ns.core.files import read_json
+
+    scene = read_json(Path(folder) / "scene.json")
+    return isinstance(scene, dict) and {"description", "camera_convention", "num_views", "objects"} <= set(scene)
 
 
 @dataclass
@@ -58,14 +69,21 @@ class DemoData:
     resolution: Optional[int] = None
     """Width and height of each square image, in pixels (default: 96 demo, 128 tabletop)."""
     seed: int = 0
-    """Random seed: the same seed writes the same scene."""
+    """Random seed (0 or more): the same seed writes the same scene."""
+    overwrite: bool = False
+    """Write into a non-empty folder that holds something else than a scene this command wrote."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.checks import at_least, writable_folder
+        from splatseg_ns.tools.checks import at_least, fits_in_memory, not_someone_elses_folder, writable_folder
 
         at_least(self.num_views, "--num-views", 1)
         at_least(self.resolution, "--resolution", 8)
+        at_least(self.seed, "--seed", 0)
+        if self.resolution is not None:  # rays, hits and depth per pixel, in float64, for a whole view at once
+            fits_in_memory(600 * self.resolution**2, f"--resolution {self.resolution}", "one view")
         writable_folder(self.output, "OUTPUT")
+        not_someone_elses_folder(self.output, "OUTPUT", _written_by_demo_data(self.output) or self.overwrite,
+                                 "--overwrite")
         if self.scene == "tabletop":
             from splatseg_ns.scenes.tabletop import write_tabletop_scene as write
         else:
@@ -156,6 +174,10 @@ class Select:
         writable_file(self.output, "--output")
         if self.masks is not None:
             existing_folder(self.masks, "--masks", "binary masks named like the views' images")
+            unused = [flag for flag, given in (("--view", self.view is not None), ("--threshold", self.threshold is not None),
+                                               ("--level", self.level != "coarse")) if given]
+            if unused:
+                raise InputError(f"--masks takes no {', '.join(unused)}: the masks pick the Gaussians themselves")
         run = TrainedRun(self.load_config)
         if self.masks is not None:
             selection = select_by_masks(run, self.masks)
@@ -305,7 +327,17 @@ class Masks:
     cache_dir: Optional[Path] = None
     """Cache folder (default: DATA/splatseg_cache), the one ns-train reads."""
     shard: str = "0/1"
-    """i/n: process every n-th image starting at i, so n GPUs or machines share a big scene."""
+    """i/n: process every n-th image starting at i, so n GPUs or machines share a big scene (for Slurm-style job
+    arrays; with a Ray cluster prefer --ray, which schedules, retries and checks the whole scene in one command)."""
+    ray: Optional[str] = None
+    """Compute on Ray workers, one per GPU (or per --ray-cpus-per-worker CPUs without GPUs), this process writing
+    every entry: 'auto' (the cluster this machine joined with `ray start`, else a local instance), 'local', or
+    the cluster's address. Needs the extra: pip install 'splatseg[ray]'."""
+    ray_cpus_per_worker: float = 1.0
+    """CPUs per Ray worker when the cluster has no GPU."""
+    ray_workers: Optional[int] = None
+    """At most this many Ray workers (default: as many as the cluster holds)."""
+    on_interrupt = "every cache entry written so far is valid and kept; rerun the same command to compute the rest"
     clip: bool = False
     """Also embed every mask with CLIP (for text queries)."""
     dino: bool = False
@@ -318,13 +350,29 @@ class Masks:
     """DINO model, resolution and PCA size (with --dino)."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.checks import InputError, existing_folder, writable_folder
+        from splatseg_ns.tools.checks import InputError, at_least, existing_folder, writable_folder
         from splatseg_ns.tools.masks import dataset_images, run_masks
 
         parts = self.shard.split("/")
-        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts) or not 0 <= int(parts[0]) < int(parts[1]):
+        if (len(parts) != 2 or not all(re.fullmatch(r"\s*[0-9]+\s*", p) for p in parts)  # not str.isdigit: '²'
+                or not 0 <= int(parts[0]) < int(parts[1])):
             raise InputError(f"--shard {self.shard!r}: expected i/n with 0 <= i < n, e.g. 0/4")
         i, n = int(parts[0]), int(parts[1])
+        bad = self.sam.problems("--sam.")
+        if bad:
+            raise InputError("; ".join(bad))
+        runner = None
+        if self.ray is not None:
+            from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+
+            if n != 1:
+                raise InputError(f"--ray with --shard {self.shard}: give one of them (Ray splits the scene itself)")
+            if not self.ray.strip():
+                raise InputError("--ray '': give auto, local or the cluster's address (host:port)")
+            if not self.ray_cpus_per_worker > 0:
+                raise InputError(f"--ray-cpus-per-worker {self.ray_cpus_per_worker}: give a number of CPUs > 0")
+            at_least(self.ray_workers, "--ray-workers", 1)
+            runner = ray_runner(RayOptions(self.ray, self.ray_cpus_per_worker, self.ray_workers))
         existing_folder(self.data, "--data", "a dataset folder with images/")
         if self.cache_dir is not None:
             writable_folder(self.cache_dir, "--cache-dir")
@@ -332,7 +380,7 @@ class Masks:
         if not images:
             raise InputError(f"--data {self.data}: no images found (looked in images/ and the folder itself).")
         run_masks(self.data, images, self.cache_dir, self.sam, dino=self.dino, clip=self.clip, shard=(i, n),
-                  dino_config=self.dino_config, clip_config=self.clip_config)
+                  dino_config=self.dino_config, clip_config=self.clip_config, runner=runner)
 
 
 @dataclass
@@ -354,10 +402,11 @@ class Bench:
 
     def main(self) -> None:
         from splatseg_ns.tools.bench import format_table, speed_table
-        from splatseg_ns.tools.checks import InputError, at_least, device_available
+        from splatseg_ns.tools.checks import InputError, at_least, device_available, fits_in_memory
 
         if not self.sizes or min(self.sizes) < 1:
             raise InputError(f"--sizes {' '.join(map(str, self.sizes))}: give one or more numbers of Gaussians >= 1")
+        fits_in_memory(600 * max(self.sizes), f"--sizes {max(self.sizes)}", "the largest scene (~600 B a Gaussian)")
         at_least(self.threads, "--threads", 1)
         at_least(self.click_resolution, "--click-resolution", 1)
         device_available(self.device)
@@ -387,6 +436,10 @@ def entrypoint() -> None:
         command.main()
     except _input_errors() as err:
         _fail(err)
+    except KeyboardInterrupt:
+        kept = getattr(command, "on_interrupt", "files are written atomically, so none is half-written")
+        print(f"\ninterrupted; {kept}.", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -112,6 +112,9 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
         needed = []
         device = "cuda" if torch.cuda.is_available() else "cpu"
         if not use_folder or self.config.text_queries:  # CLIP embeds the cached masks
+            bad = [] if use_folder else self.config.sam.problems("--pipeline.datamanager.sam.")
+            if bad:
+                raise ValueError("; ".join(bad))
             needed.append(
                 extractors.folder_extractor(folder.root) if use_folder
                 else extractors.sam_extractor(self.config.sam, device)

@@ -119,6 +119,10 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """'auto': gsplat's CUDA kernels on a GPU, the pure-torch rasteriser on CPU."""
 
 
+UNUSED_MODEL_OPTIONS = ("enable_collider", "collider_params", "loss_coefficients", "eval_num_rays_per_chunk", "prompt")
+"""Fields of nerfstudio's `ModelConfig` that splatfacto (and so splatseg) never reads: refused when changed."""
+
+
 def pick_rasterizer(choice: str, device: torch.device):
     """gsplat on CUDA, the pure-torch rasteriser otherwise (gsplat has no CPU path)."""
     if choice == "gsplat" or (choice == "auto" and device.type == "cuda"):
@@ -180,6 +184,16 @@ class SplatsegModel(SplatfactoModel):
                 f"coarse_feature_dim ({self.config.coarse_feature_dim}) must be smaller than "
                 f"seg_feature_dim ({self.config.seg_feature_dim}): the fine feature extends the coarse one."
             )
+        from nerfstudio.models.base_model import ModelConfig
+
+        for option in UNUSED_MODEL_OPTIONS:  # NeRF options of nerfstudio's base config, which splatfacto never reads
+            if getattr(self.config, option) != getattr(ModelConfig(), option):
+                raise ValueError(f"--pipeline.model.{option.replace('_', '-')} {getattr(self.config, option)!r}: "
+                                 "splatfacto does not use it (a NeRF option); leave it out.")
+        if self.config.n_split_samples != 2:  # splatfacto 1.1.5 never hands it to gsplat's DefaultStrategy
+            raise ValueError(f"--pipeline.model.n-split-samples {self.config.n_split_samples}: nerfstudio 1.1.5's "
+                             "splatfacto ignores this option (gsplat's DefaultStrategy always splits a Gaussian in 2); "
+                             "leave it at 2.")
         populate_splatfacto_modules(self, super().populate_modules)
         self.gauss_params["seg_features"] = Parameter(init_features(self.num_points, self.config.seg_feature_dim))
         if self.config.dino_feature_dim > 0:
@@ -464,7 +478,7 @@ class SplatsegModel(SplatfactoModel):
         feature_training = self.training and self.in_feature_stage
         outputs: Dict[str, Union[torch.Tensor, List]] = {}
         if not feature_training:
-            outputs.update(self._render_rgb(rasterize, geometry, gaussians))
+            outputs.update(self._render_rgb(rasterize, geometry, gaussians, camera))
         if feature_training or not self.training:
             if feature_training:  # geometry is frozen: no gradient reaches it
                 geometry = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in geometry.items()}
@@ -492,8 +506,9 @@ class SplatsegModel(SplatfactoModel):
         return render_values(gaussians or self.gauss_params, camera, values, self.config.rasterize_mode,
                              self.config.rasterizer)
 
-    def _render_rgb(self, rasterize, geometry, gaussians) -> Dict[str, torch.Tensor]:
-        """Splatfacto's colour render (SH schedule, background, depth), on the chosen rasteriser."""
+    def _render_rgb(self, rasterize, geometry, gaussians, camera: Cameras) -> Dict[str, torch.Tensor]:
+        """Splatfacto's colour render (SH schedule, background, bilateral grid while training, depth), on the
+        chosen rasteriser."""
         colors = torch.cat((gaussians("features_dc")[:, None, :], gaussians("features_rest")), dim=1)
         if self.config.sh_degree > 0:
             sh_degree = min(self.step // self.config.sh_degree_interval, self.config.sh_degree)
@@ -508,6 +523,8 @@ class SplatsegModel(SplatfactoModel):
             self.strategy.step_pre_backward(self.gauss_params, self.optimizers, self.strategy_state, self.step, self.info)
         background = self._get_background_color()
         rgb = torch.clamp(render[..., :3] + (1 - alpha) * background, 0.0, 1.0)
+        if self.config.use_bilateral_grid and self.training and camera.metadata and "cam_idx" in camera.metadata:
+            rgb = self._apply_bilateral_grid(rgb, camera.metadata["cam_idx"], geometry["height"], geometry["width"])
         depth = None
         if render_mode == "RGB+ED":
             depth = torch.where(alpha > 0, render[..., 3:4], render[..., 3:4].detach().max()).squeeze(0)

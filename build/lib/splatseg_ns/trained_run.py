@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from splatseg_ns.core.configs import load_run_config
 from splatseg_ns.core.contributors import PixelContributors
 from splatseg_ns.core.features import Level, level_features
-from splatseg_ns.core.images import names_image, same_aspect
+from splatseg_ns.core.images import binary_mask, names_image, same_aspect
 from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
 from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
 from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
@@ -86,8 +87,8 @@ class View:
         when it cannot be read or has another aspect ratio."""
         try:
             with Image.open(path) as im:
-                mask = np.array(im.convert("L")) > 127
-        except OSError as err:
+                mask = binary_mask(im)
+        except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise RunError(f"{path}: cannot read the mask ({err}); write it as a binary PNG (0 = out, 255 = in).") from err
         fw, fh = self.file_size
         if mask.shape != (fh, fw):
@@ -153,11 +154,9 @@ class TrainedRun:
 
         No second load: the Gaussians are the live ones, so the fingerprint is that of this moment (make a
         new one after training changed them)."""
-        import yaml
-
         run = cls.__new__(cls)
         run.config_path = Path(config_path).resolve()
-        run.config = yaml.load(run.config_path.read_text(), Loader=yaml.Loader) if run.config_path.exists() else None
+        run.config = load_run_config(run.config_path.read_text()) if run.config_path.exists() else None
         run.pipeline, run.checkpoint = pipeline, None
         run.model = pipeline.model
         run.step = int(getattr(run.model, "step", 0))
@@ -284,8 +283,14 @@ def check_run_files(config_path: Path) -> None:
     import yaml
 
     try:
-        config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        config = load_run_config(Path(config_path).read_text())
+    except yaml.constructor.ConstructorError as err:
+        if "refused tag" in str(err.problem):
+            raise RunError(f"{config_path}: {err.problem} (line {err.problem_mark.line + 1}); this file was not written "
+                           "by ns-train, or was changed. Nothing in it was run.") from err
+        raise RunError(f"{config_path}: cannot read this run config ({' '.join(str(err).split())[:200]}); the file is "
+                       "damaged. Pass the config.yml that ns-train wrote.") from err
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         detail = " ".join(str(err).split())[:200]
         raise RunError(f"{config_path}: cannot read this run config ({type(err).__name__}: {detail}); the file is "
                        "damaged. Pass the config.yml that ns-train wrote.") from err

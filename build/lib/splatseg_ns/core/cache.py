@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,17 +94,24 @@ class FeatureCache:
     """The cache folder of one dataset. Image paths are keyed by their path relative to `data_dir`."""
 
     def __init__(self, data_dir: Path, cache_dir: Optional[Path] = None):
+        self._given_dir = Path(os.path.abspath(data_dir))
         self.data_dir = Path(data_dir).resolve()
         self.cache_dir = Path(cache_dir).resolve() if cache_dir is not None else self.data_dir / CACHE_FOLDER
 
     # -- names ---------------------------------------------------------------------------------
 
     def key(self, image_path: Path) -> str:
-        """The image's dataset-relative name (posix); images outside the dataset go by file name."""
-        path = Path(image_path).resolve()
-        try:
-            return path.relative_to(self.data_dir).as_posix()
-        except ValueError:
+        """The image's dataset-relative name (posix), as it is named, not where a symbolic link points (two
+        links of one name in two folders are two images); images outside the dataset go by file name."""
+        path = Path(os.path.abspath(image_path))
+        for root in (self._given_dir, self.data_dir):
+            try:
+                return path.relative_to(root).as_posix()
+            except ValueError:
+                pass
+        try:  # named through a link to the dataset folder
+            return Path(image_path).resolve().relative_to(self.data_dir).as_posix()
+        except (ValueError, RuntimeError, OSError):  # outside the dataset, or a symlink loop
             return path.name
 
     def data_path(self, product: str, image_path: Path) -> Path:
@@ -172,6 +180,10 @@ class FeatureCache:
         """Store one entry: data first, then its manifest (each atomically)."""
         data = npz_bytes(arrays)
         data_path = self.data_path(product, image_path)
+        for path in (data_path, self.manifest_path(product, image_path)):
+            if path.is_dir():
+                raise CacheError(f"{path} is a folder where a cache entry of {image_path} belongs; remove it "
+                                 f"(rm -r '{path}') and rerun.")
         atomic_write(data_path, data)
         manifest = {
             "format": FORMAT_VERSION,
@@ -273,6 +285,19 @@ class FeatureCache:
 
     # -- which dataset ---------------------------------------------------------------------------
 
+    def remove_stale_temporaries(self, older_than_s: float = 600.0) -> int:
+        """Delete the temporary files of writes that a killed process left (SIGKILL skips the cleanup); a live
+        write's is seconds old. Returns how many were removed."""
+        removed, now = 0, time.time()
+        for tmp in self.cache_dir.rglob(".*.tmp") if self.cache_dir.is_dir() else ():
+            try:
+                if tmp.is_file() and now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+                    removed += 1
+            except OSError:  # another process removed it first
+                pass
+        return removed
+
     def check_dataset(self, image_paths: Sequence[Path], overwrite: bool = False) -> Dict[str, str]:
         """Refuse a cache written for another dataset; then record this one in `dataset.json`.
 
@@ -283,6 +308,9 @@ class FeatureCache:
         current = {self.key(p): file_sha1(p) for p in image_paths}
         record_path = self.cache_dir / "dataset.json"
         recorded = _read_dict(record_path)
+        if recorded is not None and not (isinstance(recorded.get("images"), dict) and isinstance(
+                recorded.get("data_dir", ""), str) and all(isinstance(v, str) for v in recorded["images"].values())):
+            recorded = None  # damaged (edited by hand?): which dataset it was is unknown, the entries still say
         if recorded and recorded.get("images") and not overwrite:
             old = recorded["images"]
             if not any(old.get(name) == sha for name, sha in current.items()):

@@ -9,10 +9,11 @@ the images by name order (`shard_images`), so n machines can share a big scene.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -65,6 +66,10 @@ class ExtractionSummary:
                 f"{'' if self.workers == 1 else 's'}")
 
 
+Runner = Callable[[FeatureCache, Sequence[Path], Sequence[Extractor], "ExtractionSummary", bool], List[Exception]]
+"""Computes and stores the entries of some images (see `extract_all`); returns the bad input files it met."""
+
+
 @dataclass
 class ImageJob:
     """What one image still needs: the extractors to run (dependency order), the lookup status that makes each
@@ -74,6 +79,12 @@ class ImageJob:
     todo: List[Extractor]
     statuses: Dict[str, str]
     cached: Dict[str, Dict[str, np.ndarray]]
+
+
+def unreadable_images(image_paths: Iterable[Path]) -> List[Path]:
+    """The paths that are no file one can read (a broken or looping link): reported with the bad files, never
+    hashed (which would stop the whole run)."""
+    return sorted({Path(p) for p in image_paths if not Path(p).is_file()})
 
 
 def prepare_extraction(
@@ -91,8 +102,9 @@ def prepare_extraction(
         data_dir = Path(cache_dir).resolve().parent
     cache = FeatureCache(data_dir, cache_dir)
     ordered = _dependency_order(products)
-    all_images = sorted({Path(p) for p in image_paths}, key=cache.key)
+    all_images = sorted({Path(p) for p in image_paths if Path(p).is_file()}, key=cache.key)  # see unreadable_images
     cache.check_dataset(all_images, overwrite=overwrite_other_dataset)
+    cache.remove_stale_temporaries()
     for extractor in ordered:
         if extractor.prepare is not None:
             extractor.settings = {**extractor.settings, **extractor.prepare(cache, all_images)}
@@ -107,7 +119,7 @@ def extract_all(
     progress: bool = True,
     data_dir: Optional[Path] = None,
     overwrite_other_dataset: bool = False,
-    ray=None,
+    runner: Optional[Runner] = None,
 ) -> ExtractionSummary:
     """Fill the cache for the images of one shard; only missing, stale or damaged entries are computed.
 
@@ -120,8 +132,9 @@ def extract_all(
         progress: show a tqdm bar with ETA.
         data_dir: the dataset root that image names are relative to; default `cache_dir`'s parent.
         overwrite_other_dataset: reuse a cache folder that holds another dataset's products.
-        ray: a `core.ray_extraction.RayOptions`: compute on a Ray cluster's workers instead of here
-            (this process still plans, reads the images and writes every entry).
+        runner: what computes the shard's images, `runner(cache, images, extractors, summary, progress)
+            -> the bad input files met`; default: this process, one image after another
+            (`core.ray_extraction.ray_runner`: a Ray cluster's workers).
 
     Raises `InputFilesError` after the loop when some images could not be read or had bad masks
     (every other image is stored first), `OtherDatasetError` before it starts.
@@ -129,14 +142,14 @@ def extract_all(
     start = time.perf_counter()
     cache, ordered, all_images = prepare_extraction(image_paths, products, cache_dir, data_dir,
                                                     overwrite_other_dataset)
+    unreadable = shard_images(unreadable_images(image_paths), shard, cache)
     mine = shard_images(all_images, shard, cache)
-    summary = ExtractionSummary(images=len(mine))
-    if ray is not None:
-        from splatseg_ns.core.ray_extraction import extract_on_ray
-
-        failed = extract_on_ray(cache, mine, ordered, ray, summary, progress)
-    else:
-        failed = _extract_here(cache, mine, ordered, summary, shard, progress)
+    summary = ExtractionSummary(images=len(mine) + len(unreadable))
+    if runner is None:
+        runner = functools.partial(_extract_here, shard=shard)
+    failed = [ImageReadError(f"{p}: not a readable file (a broken or looping symbolic link, or a folder); fix or "
+                             "remove it") for p in unreadable]
+    failed += runner(cache, mine, ordered, summary, progress)
     summary.images_failed = len(failed)
     summary.seconds = time.perf_counter() - start
     if failed:
@@ -147,7 +160,7 @@ def extract_all(
 
 
 def _extract_here(cache: FeatureCache, images: Sequence[Path], ordered: Sequence[Extractor],
-                  summary: ExtractionSummary, shard: Tuple[int, int], progress: bool) -> List[Exception]:
+                  summary: ExtractionSummary, progress: bool, shard: Tuple[int, int]) -> List[Exception]:
     """The serial loop, in this process; the bad input files it met."""
     from tqdm.auto import tqdm
 
@@ -159,7 +172,9 @@ def _extract_here(cache: FeatureCache, images: Sequence[Path], ordered: Sequence
             job = plan_image(cache, image_path, ordered, summary)
             if job.todo:
                 image = load_image(image_path)
-                store_products(cache, job, compute_products(job, image), image.shape[:2], summary)
+                for extractor, arrays in compute_products(job, image):
+                    store_product(cache, job, extractor, arrays, image.shape[:2], summary)
+                summary.images_computed += 1
         except BAD_INPUT_ERRORS as err:  # one bad file must not cost the other images' hours of extraction
             failed.append(err)
         bar.set_postfix({p: summary.computed(p) for p in summary.counts}, refresh=False)
@@ -174,41 +189,35 @@ def plan_image(cache: FeatureCache, image_path: Path, ordered: Sequence[Extracto
     todo: List[Extractor] = []
     statuses: Dict[str, str] = {}
     for extractor in ordered:
-        if any(name in statuses for name in extractor.requires):
-            statuses[extractor.product] = "stale"
-            todo.append(extractor)
-            continue
-        inputs = cache.input_hashes(extractor.product, extractor.requires, image_path)
+        recomputed_input = any(name in statuses for name in extractor.requires)
+        inputs = None if recomputed_input else cache.input_hashes(extractor.product, extractor.requires, image_path)
         found = cache.lookup(extractor.product, image_path, extractor.settings, inputs)
-        if found.hit:
+        if found.hit and not recomputed_input:
             summary.add(extractor.product, "hit")
             continue
-        statuses[extractor.product] = found.status
+        statuses[extractor.product] = "stale" if found.hit else found.status
         todo.append(extractor)
     cached = {name: cache.load_arrays(name, image_path)
               for extractor in todo for name in extractor.requires if name not in statuses}
     return ImageJob(Path(image_path), todo, statuses, cached)
 
 
-def compute_products(job: ImageJob, image: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
-    """Run the job's extractors on the image, in order, each given the arrays it requires (cached or just made)."""
+def compute_products(job: ImageJob, image: np.ndarray) -> Iterator[Tuple[Extractor, Dict[str, np.ndarray]]]:
+    """Run the job's extractors on the image, in order, each given the arrays it requires (cached or just made);
+    yields each product as soon as it is made, so that it can be stored before a later one fails."""
     arrays = dict(job.cached)
-    results = {}
     for extractor in job.todo:
         required = {name: arrays[name] for name in extractor.requires}
-        results[extractor.product] = arrays[extractor.product] = extractor(image, job.image_path, **required)
-    return results
+        arrays[extractor.product] = extractor(image, job.image_path, **required)
+        yield extractor, arrays[extractor.product]
 
 
-def store_products(cache: FeatureCache, job: ImageJob, results: Dict[str, Dict[str, np.ndarray]],
-                   image_hw: Tuple[int, int], summary: ExtractionSummary) -> None:
-    """Write the job's entries in dependency order (an entry records the data of the entries it was made from)."""
-    for extractor in job.todo:
-        inputs = cache.input_hashes(extractor.product, extractor.requires, job.image_path)
-        cache.write(extractor.product, job.image_path, results[extractor.product], extractor.name,
-                    extractor.settings, inputs, image_hw)
-        summary.add(extractor.product, job.statuses[extractor.product])
-    summary.images_computed += 1
+def store_product(cache: FeatureCache, job: ImageJob, extractor: Extractor, arrays: Dict[str, np.ndarray],
+                  image_hw: Tuple[int, int], summary: ExtractionSummary) -> None:
+    """Write one entry of the job, recording the data of the entries it was made from (written before it)."""
+    inputs = cache.input_hashes(extractor.product, extractor.requires, job.image_path)
+    cache.write(extractor.product, job.image_path, arrays, extractor.name, extractor.settings, inputs, image_hw)
+    summary.add(extractor.product, job.statuses[extractor.product])
 
 
 def _dependency_order(products: Sequence[Extractor]) -> List[Extractor]:

@@ -47,6 +47,8 @@ def atomic_write(path: Path, *chunks: Chunk, what: str = "file", sync: bool = Tr
             if sync:
                 file.flush()
                 os.fsync(file.fileno())
+        if path.is_file():  # replacing a file keeps its mode (a new file gets 0666 minus the umask)
+            os.chmod(tmp, path.stat().st_mode & 0o7777)
         os.replace(tmp, path)
     except BaseException as err:  # an interrupt too: no temporary file is left behind
         try:
@@ -66,13 +68,30 @@ def atomic_write_json(path: Path, obj: Any, what: str = "file") -> None:
     atomic_write(path, json.dumps(obj, indent=1, sort_keys=True, default=str).encode(), what=what)
 
 
+def parse_json(text) -> Any:
+    """`json.loads`, with JSON nested too deep for Python's parser refused as a ValueError like any bad JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to be read") from None
+
+
 def read_json(path: Path) -> Optional[Any]:
     """The JSON value in `path`, or None when it is missing or not JSON."""
     try:
         with open(path, "rb") as f:
-            return json.loads(f.read())
+            return parse_json(f.read())
     except (OSError, ValueError):
         return None
+
+
+def path_component(name: Any, where: str) -> str:
+    """`name`, which will become one file or folder name: a ValueError naming `where` unless it is a non-empty
+    string without path separators that is not '.' or '..' (a name from a file must not write elsewhere)."""
+    if not isinstance(name, str) or not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+        raise ValueError(f"{where}: {name!r} cannot be a file or folder name (one path component: no '/', '\\', "
+                         "'.' or '..')")
+    return name
 
 
 def npz_bytes(arrays: Dict[str, np.ndarray]) -> bytes:

@@ -44,14 +44,43 @@ def load_image(path: Path) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return _as_rgb8(im, path)
     except FileNotFoundError:  # names the file already, and is not a damaged one
+        raise
+    except ImageReadError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageReadError(
             f"{path}: cannot read this image ({type(err).__name__}: {err}); the file is corrupt, truncated or not "
             "an image. Replace it with a good copy (or remove it from the dataset) and run the same command again."
         ) from err
+
+
+def _as_rgb8(im, path: Path) -> np.ndarray:
+    """RGB uint8 of any mode PIL reads; 16-bit grey scaled to 8 bits (PIL's own convert clips it at 255, a white
+    frame); float and 32-bit images with values beyond 16 bits are refused rather than guessed."""
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        values = np.asarray(im, dtype=np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise ImageReadError(f"{path}: a {im.mode} image with values outside 0-65535 cannot be shown as 8-bit "
+                                 "colour; save it as an 8-bit or 16-bit PNG.")
+        grey = (values * 255 + 32767) // 65535
+        return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=-1)
+    if im.mode == "F":
+        raise ImageReadError(f"{path}: a floating-point image has no one way to become colour; save it as an 8-bit "
+                             "or 16-bit PNG.")
+    return np.asarray(im.convert("RGB"))
+
+
+def binary_mask(im) -> np.ndarray:
+    """bool [H, W] of a mask image: > 127 in grey, or in the alpha channel when the colour is the same everywhere
+    and only alpha varies (a cut-out saved as RGBA)."""
+    if "A" in im.getbands():
+        alpha = np.asarray(im.getchannel("A"))
+        colour = np.asarray(im.convert("RGB"))
+        if (colour == colour.reshape(-1, 3)[0]).all() and alpha.min() != alpha.max():
+            return alpha > 127
+    return np.asarray(im.convert("L")) > 127
 
 
 def check_images_readable(image_paths: Iterable[Path]) -> None:

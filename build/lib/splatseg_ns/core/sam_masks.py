@@ -151,6 +151,28 @@ class SamMaskConfig:
     """Images whose longer side exceeds this are shrunk before SAM and the maps scaled back (nearest).
     SAM's encoder sees 1024 px whatever the input, so larger inputs only cost memory and time."""
 
+    def problems(self, prefix: str = "--sam.") -> List[str]:
+        """Each setting out of its range, as '<flag> <value>: <range>' (`prefix` + the field's flag name): checked
+        before any model loads, since SAM's generator fails late on some (a zero division) and silently drops
+        every mask on others (a threshold above 1), which would be cached as valid."""
+        ranges = [
+            ("points_per_side", self.points_per_side >= 1, "at least 1"),
+            ("points_per_batch", self.points_per_batch >= 1, "at least 1"),
+            ("pred_iou_thresh", 0 <= self.pred_iou_thresh <= 1, "in [0, 1]"),
+            ("stability_score_thresh", 0 <= self.stability_score_thresh <= 1, "in [0, 1]"),
+            ("stability_score_offset", self.stability_score_offset > 0, "above 0"),
+            ("box_nms_thresh", 0 < self.box_nms_thresh <= 1, "in (0, 1]"),
+            ("crop_n_layers", self.crop_n_layers >= 0, "0 or more"),
+            ("crop_nms_thresh", 0 < self.crop_nms_thresh <= 1, "in (0, 1]"),
+            ("crop_overlap_ratio", 0 <= self.crop_overlap_ratio < 1, "in [0, 1)"),
+            ("crop_n_points_downscale_factor", self.crop_n_points_downscale_factor >= 1, "at least 1"),
+            ("min_mask_region_area", self.min_mask_region_area >= 0, "0 or more"),
+            ("min_area", self.min_area >= 0, "0 or more"),
+            ("max_side", self.max_side is None or self.max_side >= 32, "None or at least 32 pixels"),
+        ]
+        return [f"{prefix}{name.replace('_', '-')} {getattr(self, name)}: must be {allowed}"
+                for name, ok, allowed in ranges if not ok]
+
     def settings(self) -> Dict[str, Any]:
         """What determines the output: recorded in the cache so that a change recomputes masks.
 

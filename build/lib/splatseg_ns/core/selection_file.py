@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from splatseg_ns.core.files import atomic_write
+from splatseg_ns.core.files import atomic_write, parse_json
 
 FORMAT = "splatseg-selection/1"
 
@@ -76,10 +76,10 @@ def read_selection(path: Path) -> Selection:
     if path.is_dir():
         raise SelectionError(f"{path} is a folder, not a selection file. Give the .json file `splatseg select` wrote.")
     try:
-        payload = json.loads(path.read_text())
+        payload = parse_json(path.read_text())
     except FileNotFoundError:
         raise SelectionError(f"{path}: no such selection file. Make one with `splatseg select ... --output {path}`.") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (OSError, ValueError, UnicodeDecodeError) as err:
         raise SelectionError(f"{path}: not a selection file ({err}). {remake}") from err
     if not isinstance(payload, dict):
         raise SelectionError(f"{path}: not a splatseg selection file (a JSON {type(payload).__name__}, not an object). "

@@ -18,9 +18,32 @@ class InputError(ValueError):
 def writable_file(path: Path, option: str) -> None:
     """`path` can be written as a file: not a folder, and its folder exists (or can be made) and is writable."""
     path = Path(path)
+    if path.is_symlink():
+        raise InputError(f"{option} {path}: is a symbolic link (to {os.readlink(path)}), which splatseg never replaces; "
+                         "give the file itself or another path.")
     if path.is_dir():
         raise InputError(f"{option} {path}: is a folder; give a file path (e.g. {path / 'out.json'}).")
+    if path.exists() and not path.is_file():
+        raise InputError(f"{option} {path}: is not a regular file (a pipe or a device such as /dev/stdout); give a "
+                         "file path.")
     _writable_folder(path.parent, option, path)
+
+
+def fits_in_memory(bytes_needed: float, option: str, what: str) -> None:
+    """Refuse up front what would run this machine out of memory, saying how much it would need."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if bytes_needed > total:
+        raise InputError(f"{option}: {what} needs about {bytes_needed / 2**30:.1f} GiB of memory, more than this "
+                         f"machine's {total / 2**30:.1f} GiB; give a smaller value.")
+
+
+def not_someone_elses_folder(folder: Path, option: str, ours: bool, overwrite_flag: str) -> None:
+    """A folder to write into must be empty, or hold what this command wrote before (`ours`), or be given
+    with `overwrite_flag`: a dataset or anything else there is never overwritten silently."""
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.iterdir()) and not ours:
+        raise InputError(f"{option} {folder}: the folder is not empty and was not written by this command (its "
+                         f"files would be overwritten); give an empty or new folder, or add {overwrite_flag}.")
 
 
 def writable_folder(path: Path, option: str) -> None:

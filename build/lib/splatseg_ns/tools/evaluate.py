@@ -16,7 +16,6 @@ another viewer (the visible-only masks hide what an export carries behind other 
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from splatseg_ns.core.features import LEVELS
+from splatseg_ns.core.files import parse_json, path_component
 from splatseg_ns.core.metrics import iou, mask_metrics, precision, recall, summarise
 from splatseg_ns.core.ply import read_gaussians_ply
 from splatseg_ns.core.selection_file import Selection, SelectionError
@@ -44,8 +44,8 @@ def load_prompts(benchmark_dir: Path) -> List[Dict[str, Any]]:
         raise RunError(f"{path}: missing. A benchmark folder holds prompts.json and gt/<name>/<image stem>.png "
                        "(`splatseg make-benchmark` writes one).")
     try:
-        prompts = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        prompts = parse_json(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise RunError(f"{path}: not JSON ({err}); write it again with `splatseg make-benchmark`.") from err
     shape = "a list of {name, view, positive: [[x, y], ...], negative: [[x, y], ...], level} objects"
     if not isinstance(prompts, list) or not prompts:
@@ -56,8 +56,10 @@ def load_prompts(benchmark_dir: Path) -> List[Dict[str, Any]]:
         if not isinstance(prompt, dict):
             raise RunError(f"{where} is a {type(prompt).__name__}; expected {shape}.")
         name = prompt.get("name")
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise RunError(f"{where}: field 'name' must be a non-empty name of its gt/ folder, not {name!r}.")
+        try:
+            path_component(name, f"{where}: field 'name' (the name of its gt/ folder)")
+        except ValueError as err:
+            raise RunError(str(err)) from None
         if name in names:
             raise RunError(f"{where}: name {name!r} is used twice; prompts need their own gt/<name>/ folders.")
         names.add(name)

@@ -15,6 +15,7 @@ import torch
 
 from splatseg_ns.core import export as core_export
 from splatseg_ns.core.features import LEVELS, Level
+from splatseg_ns.core.files import atomic_write_json, read_json
 from splatseg_ns.core.ply import write_gaussians_ply, write_segments_ply
 from splatseg_ns.core.segmentation import segment_everything_by_candidates, segment_everything_by_clustering
 from splatseg_ns.core.selection_file import Selection
@@ -48,17 +49,25 @@ def segment_labels(run: TrainedRun, level: Level, method: str = "candidates", th
     raise ValueError(f"Unknown segmentation method {method!r}: use 'candidates' or 'clustering'.")
 
 
+SEGMENTS_MANIFEST = "segments.json"
+"""What a segments export wrote into its folder: the next export there replaces exactly those files."""
+
+
 def export_segments(run: TrainedRun, output_dir: Path, level: Level = "coarse", method: str = "candidates",
                     threshold: Optional[float] = None, min_gaussians: int = 10) -> Tuple[List[Path], int]:
-    """One PLY per segment (segment_<id>.ply) plus segments_coloured.ply, the scene coloured by segment.
+    """One PLY per segment (segment_<id>.ply) plus segments_coloured.ply, the scene coloured by segment, and
+    SEGMENTS_MANIFEST, the list of what it wrote.
 
-    An earlier segments export in the folder is replaced whole: its segment files that this export does
-    not write again are removed (other files are left alone). Returns (the files written, and how many
-    files of an earlier export there were)."""
+    An earlier segments export in the folder is replaced whole: the files its manifest lists that this export
+    does not write again are removed; nothing else is (a file named like a segment that no manifest lists is
+    the user's). Returns (the files written, and how many files the earlier export had)."""
     labels = segment_labels(run, level, method, threshold).numpy()
     arrays = core_export.gaussian_arrays(run.model.gauss_params, run.model.config.sh_degree)
     output_dir = Path(output_dir)
-    earlier = sorted({*output_dir.glob("segment_[0-9]*.ply"), *output_dir.glob("segments_coloured.ply")})
+    listed = read_json(output_dir / SEGMENTS_MANIFEST)
+    listed = listed.get("files") if isinstance(listed, dict) else None
+    earlier = [output_dir / name for name in listed if isinstance(name, str) and Path(name).name == name
+               and name.endswith(".ply")] if isinstance(listed, list) else []
     written = []
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     for segment, count in zip(ids, counts):
@@ -72,6 +81,8 @@ def export_segments(run: TrainedRun, output_dir: Path, level: Level = "coarse", 
         written.append(path)
     coloured = output_dir / "segments_coloured.ply"
     write_segments_ply(coloured, arrays["means"], arrays["scales"], arrays["quats"], arrays["opacities"], labels)
+    atomic_write_json(output_dir / SEGMENTS_MANIFEST, {"files": [p.name for p in (*written, coloured)],
+                                                      "run": str(run.config_path), "level": level, "method": method})
     for stale in set(earlier) - {*written, coloured}:
-        stale.unlink()
+        stale.unlink(missing_ok=True)
     return [*written, coloured], len(earlier)

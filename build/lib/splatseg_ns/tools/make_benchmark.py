@@ -23,8 +23,10 @@ from typing import Dict, List, Literal, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from splatseg_ns.core.files import parse_json, path_component
 from splatseg_ns.core.images import names_image
 from splatseg_ns.core.masks import FolderMasks
+from splatseg_ns.tools.checks import InputError
 
 Source = Literal["coarse", "fine", "alpha"]
 NOT_IMAGES = {"coarse", "fine", "amodal", "splatseg_cache"}
@@ -58,14 +60,21 @@ def entity_names(data_dir: Path, source: Source) -> Dict[int, str]:
     """Instance id -> name of the objects (coarse) or parts (fine), from the dataset's scene.json when it
     names them (the procedural scenes do); empty otherwise."""
     path = Path(data_dir) / "scene.json"
-    try:
-        scene = json.loads(path.read_text())
-    except (OSError, ValueError):
+    if not path.exists():
         return {}
-    objects = scene.get("objects", []) if isinstance(scene, dict) else []
-    if source == "coarse":
-        return {int(o["coarse_id"]): str(o["name"]) for o in objects if "coarse_id" in o and "name" in o}
-    return {int(p["fine_id"]): str(p["name"]) for o in objects for p in o.get("parts", []) if "fine_id" in p}
+    try:
+        scene = parse_json(path.read_text())
+        objects = scene.get("objects", []) if isinstance(scene, dict) else []
+        if source == "coarse":
+            named = {int(o["coarse_id"]): o["name"] for o in objects if "coarse_id" in o and "name" in o}
+        else:
+            named = {int(p["fine_id"]): p["name"] for o in objects for p in o.get("parts", []) if "fine_id" in p}
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, AttributeError, KeyError) as err:
+        raise InputError(f"{path}: cannot read its objects ({type(err).__name__}: {err}); fix or remove the file.") from err
+    try:  # each name becomes gt/<name>/ and amodal/<name>/: never a path that leaves --output
+        return {number: path_component(name, f"{path}: an object's name") for number, name in named.items()}
+    except ValueError as err:
+        raise InputError(str(err)) from None
 
 
 def object_masks(data_dir: Path, image: Path, source: Source) -> Dict[str, np.ndarray]:

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from splatseg_ns.core.cache import CACHE_FOLDER
-from splatseg_ns.core.extraction import ExtractionSummary, extract_all
+from splatseg_ns.core.extraction import ExtractionSummary, Runner, extract_all
 from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
+from splatseg_ns.core.images import InputFilesError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -36,10 +37,12 @@ def run_masks(
     device: Optional[str] = None,
     progress: bool = True,
     overwrite_other_dataset: bool = False,
+    runner: Optional[Runner] = None,
 ) -> ExtractionSummary:
     """Fill the cache: SAM masks always (CLIP embeds them); DINO features and CLIP embeddings when asked.
 
-    Models are loaded only if some entry of this shard needs computing. Prints a one-line summary.
+    Models are loaded only if some entry of this shard needs computing; `runner` computes elsewhere (Ray).
+    Prints a one-line summary, also when some images could not be processed.
     """
     if device is None:
         import torch
@@ -51,8 +54,18 @@ def run_masks(
     if clip:
         extractors.append(clip_extractor(clip_config, device))
     cache_dir = Path(cache_dir) if cache_dir is not None else Path(data_dir) / CACHE_FOLDER
-    summary = extract_all(image_paths, extractors, cache_dir, shard=shard, progress=progress, data_dir=data_dir,
-                          overwrite_other_dataset=overwrite_other_dataset)
-    parts = [f"{p}: {summary.computed(p)} computed, {c.get('hit', 0)} cached" for p, c in summary.counts.items()]
-    print(f"splatseg masks: {summary.images} images (shard {shard[0]}/{shard[1]}) -> {cache_dir}; " + "; ".join(parts))
+    try:
+        summary = extract_all(image_paths, extractors, cache_dir, shard=shard, progress=progress, data_dir=data_dir,
+                              overwrite_other_dataset=overwrite_other_dataset, runner=runner)
+    except InputFilesError as err:
+        if err.summary is not None:
+            _report(err.summary, shard, cache_dir)
+        raise
+    _report(summary, shard, cache_dir)
     return summary
+
+
+def _report(summary: ExtractionSummary, shard: Tuple[int, int], cache_dir: Path) -> None:
+    parts = [f"{p}: {summary.computed(p)} computed, {c.get('hit', 0)} cached" for p, c in summary.counts.items()]
+    print(f"splatseg masks (shard {shard[0]}/{shard[1]}) -> {cache_dir}: {summary.line()}"
+          + "".join(f"; {part}" for part in parts))

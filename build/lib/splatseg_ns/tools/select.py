@@ -131,14 +131,20 @@ def select_by_masks(run: TrainedRun, mask_dir: Path, min_weight: float = 1e-3) -
     if not files:
         raise RunError(f"{mask_dir}: no masks (.png or .jpg) in it. Put one binary mask per view there, named like "
                        "the view's image.")
-    view_masks, unknown = [], []
+    view_masks, unknown, seen = [], [], {}
     for path in files:
         try:
             view = run.view(path.stem)
         except RunError:
             unknown.append(path.name)
             continue
+        if view.name in seen:
+            raise RunError(f"{mask_dir}: {seen[view.name]} and {path.name} are both masks of view {view.name}; keep one.")
+        seen[view.name] = path.name
         view_masks.append((view, view.read_mask(path)))
+    if unknown and view_masks:
+        print(f"note: {len(unknown)} mask(s) in {mask_dir} are named like no view of this run and were ignored: "
+              f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} (views are named like {view_masks[0][0].name})")
     if not view_masks:
         examples = ", ".join(unknown[:3])
         raise RunError(f"{mask_dir}: none of its masks is named like a view of this run ({examples}, ...); name each "
