@@ -88,10 +88,9 @@ def geometry_scores(run: "TrainedRun", benchmarks: Dict[str, Path], seed: int, r
     error (Gaussians straddling a boundary, or reaching into a neighbour where no view sees them)."""
     import numpy as np
 
-    from splatseg_ns.core.selection_file import Selection
+    from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
     from splatseg_ns.scenes.tabletop import build_tabletop
     from splatseg_ns.tools.evaluate import evaluate
-    from splatseg_ns.tools.select import MASK_LEVEL
 
     outputs = run.pipeline.datamanager.train_dataparser_outputs
     transform, scale = outputs.dataparser_transform.double().numpy(), float(outputs.dataparser_scale)

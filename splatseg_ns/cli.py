@@ -387,8 +387,8 @@ class Masks:
 class Bench:
     """Print the speed table: click-to-selection latency next to its floors, text query, feature render, export."""
 
-    sizes: Tuple[int, ...] = (100_000, 1_000_000, 3_000_000)
-    """Numbers of Gaussians."""
+    sizes: Optional[Tuple[int, ...]] = None
+    """Numbers of Gaussians (default: tools.bench.DEFAULT_SIZES, 100k, 1M and 3M)."""
     device: Optional[str] = None
     """cuda or cpu (default: cuda when present)."""
     threads: Optional[int] = None
@@ -401,16 +401,17 @@ class Bench:
     """Also time the PLY export."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.bench import format_table, speed_table
+        from splatseg_ns.tools.bench import DEFAULT_SIZES, format_table, speed_table
         from splatseg_ns.tools.checks import InputError, at_least, device_available, fits_in_memory
 
-        if not self.sizes or min(self.sizes) < 1:
-            raise InputError(f"--sizes {' '.join(map(str, self.sizes))}: give one or more numbers of Gaussians >= 1")
-        fits_in_memory(600 * max(self.sizes), f"--sizes {max(self.sizes)}", "the largest scene (~600 B a Gaussian)")
+        sizes = DEFAULT_SIZES if self.sizes is None else self.sizes
+        if not sizes or min(sizes) < 1:
+            raise InputError(f"--sizes {' '.join(map(str, sizes))}: give one or more numbers of Gaussians >= 1")
+        fits_in_memory(600 * max(sizes), f"--sizes {max(sizes)}", "the largest scene (~600 B a Gaussian)")
         at_least(self.threads, "--threads", 1)
         at_least(self.click_resolution, "--click-resolution", 1)
         device_available(self.device)
-        rows = speed_table(self.sizes, self.device, click_resolution=self.click_resolution,
+        rows = speed_table(sizes, self.device, click_resolution=self.click_resolution,
                            include_render=self.render, include_export=self.export, threads=self.threads)
         print(format_table(rows))
 

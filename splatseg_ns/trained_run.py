@@ -150,7 +150,7 @@ class TrainedRun:
 
     @classmethod
     def from_pipeline(cls, config_path: Path, pipeline) -> "TrainedRun":
-        """The run of a pipeline that is already loaded (the viewer's, during or after training), as it is now.
+        """The run of a pipeline that is already loaded (in the tests: the trained fixture's), as it is now.
 
         No second load: the Gaussians are the live ones, so the fingerprint is that of this moment (make a
         new one after training changed them)."""

@@ -1,9 +1,10 @@
 """The splatseg panel of the nerfstudio web viewer: click (or name) an object, see it, save it, export it.
 
-Glue only, on `core` alone: the selection rule is `core.selection.select_prompts` (a click's
-rendered feature picks the nearest global candidate, Click-Gaussian Sec. 3.4; the same rule as
-`splatseg select`), displays are `core.display`, files are `core.selection_file` and
-`core.export` (the same export as `splatseg export`).
+Glue only, on `core` alone: a click picks the candidate that the Gaussians blended at its pixel
+carry most weight for (`core.contributors.click_candidate`, Gaussians of no candidate left out, so
+a floater in front cannot steal it), and `core.selection.select_clicked` turns clicks and names
+into Gaussians (the same rule as `splatseg select`); displays are `core.display`, files are
+`core.selection_file` and `core.export` (the same export as `splatseg export`).
 
 nerfstudio finds viewer elements by walking the pipeline's attributes and sub-modules
 (`viewer.utils.parse_object`: public attributes only, recursing into `nn.Module`s, in the
@@ -13,15 +14,13 @@ named by position; every other handle is private, or it would be found twice. Th
 reaches its model through a weak reference: as a sub-module it would make a cycle.
 
 A click (`ViewerControl.register_pointer_cb("click")`, armed by the "Click to select" button,
-one click per press) gives the ray's origin and a normalised screen position. The view the user
-sees is rendered again, from the camera of the browser whose eye is that origin and at the size
-of the viewer's settled frame, by the model's own `get_outputs` with the display applied, and
-the feature and the opacity are read at that pixel: what `splatseg select` does on a dataset
-view. (A 1x1 crop around the pixel would render faster but not exactly the same: the projection
-clamps each Gaussian's Jacobian to the image's extent, so a crop changes the footprint of large
-Gaussians centred outside it.) The clicked features are kept, not the Gaussians: the selection
-is recomputed from them when the level or the threshold changes, or training changes the
-Gaussians.
+one click per press) gives the ray's origin and a normalised screen position. Nothing is
+rendered: the Gaussians blended at that pixel of the browser's camera (at the size of the
+viewer's settled frame) and their weights are found directly (`core.contributors`, through a grid
+of Gaussian cells, with the display's hidden Gaussians left out), exactly as a full render would
+weigh them: what `splatseg select` does on a dataset view. The clicked pixels' contributors are
+kept, not the Gaussians: the selection is recomputed from them when the level or the threshold
+changes, or training changes the Gaussians.
 
 The display never touches `gauss_params`: `get_outputs` asks `display_overrides()` for
 replacement tensors (opacity logits pushed below the rasteriser's 1/255 alpha cut to hide
@@ -66,7 +65,7 @@ from splatseg_ns.core.selection import (
     MIN_CLICK_OPACITY,
     ClickIndex,
     select_by_text,
-    select_prompts,
+    select_clicked,
 )
 from splatseg_ns.core.selection_file import Selection, fingerprint, read_selection, write_selection
 
@@ -267,28 +266,14 @@ class SplatsegViewer(nn.Module):
     def _gaussian_features(self, level: str) -> torch.Tensor:
         return level_features(self._model.seg_features.detach(), level, self._model.config.coarse_feature_dim)
 
-    def _clicked(self, level: str) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """(positive features, negative features, candidates positive first) of the clicks at `level`: what
-        their pixels' contributors blend, and the candidate they carry most weight for."""
-        if not self._positive and not self._negative:
-            return None, None, None
-        features, index = self._gaussian_features(level), self._click_index(level)
-        clicks = [*self._positive, *self._negative]
-        blended = torch.stack([found.blend(features) for found in clicks])
-        ids = None if index is None else torch.tensor(
-            [click_candidate(found, index.assignment, index.num_candidates)[0] for found in clicks])
-        split = len(self._positive)
-        return blended[:split], (blended[split:] if self._negative else None), ids
-
     @torch.no_grad()
     def selected(self) -> torch.Tensor:
         """bool [N]: the Gaussians the clicks and the name select at the current level and threshold."""
         level, threshold = self.level, self._threshold_value()
         key = ("selected", level, threshold, self._prompt_version, self._model_version(level))
         if key not in self._cache:
-            positive, negative, click_ids = self._clicked(level)
-            selected = select_prompts(self._click_index(level), self._gaussian_features(level), positive, negative,
-                                      self._named_candidates(level), threshold, click_ids=click_ids)
+            selected = select_clicked(self._click_index(level), self._gaussian_features(level), self._positive,
+                                      self._negative, self._named_candidates(level), threshold)
             self._cache = {k: v for k, v in self._cache.items() if k[0] != "selected"}
             self._cache[key] = selected
         return self._cache[key]  # type: ignore[return-value]

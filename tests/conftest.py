@@ -38,6 +38,14 @@ def trained_demo_run(demo_scene, tmp_path_factory) -> Path:
     return config
 
 
+@pytest.fixture(scope="session")
+def run(trained_demo_run: Path):
+    """The trained demo run opened once for the whole session (the tools', the viewer's and the CLI's tests)."""
+    from splatseg_ns.trained_run import TrainedRun
+
+    return TrainedRun(trained_demo_run)
+
+
 @pytest.fixture
 def offline(tmp_path, monkeypatch) -> Path:
     """No network: every checkpoint download fails as it would offline; weights go to a fresh folder."""

@@ -12,6 +12,16 @@ from PIL import Image
 from splatseg_ns.core.cache import FeatureCache
 from splatseg_ns.core.extractors import Extractor
 
+VIEW = "frame_00001.png"
+"""The demo run's view that the tests click in and score."""
+
+
+def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
+    """[n, 24] unit features with `value` in channel 5 of Gaussians `bad`."""
+    features = torch.nn.functional.normalize(torch.randn(n, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
+    features[list(bad), 5] = value
+    return features
+
 
 def write_images(root: Path, n: int = 5, size=(12, 16), seed: int = 0, suffix: str = ".png"):
     rng = np.random.default_rng(seed)

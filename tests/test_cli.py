@@ -17,8 +17,7 @@ import numpy as np
 import pytest
 
 from splatseg_ns import cli
-
-VIEW = "frame_00001.png"
+from tests.helpers import VIEW
 
 
 def run_cli(args: List[str]) -> tuple:

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import FakeMasks, write_images
-from tests.test_cli import VIEW, run_cli
+from tests.helpers import VIEW, FakeMasks, write_images
+from tests.test_cli import run_cli
 
 DEEP = "[" * 100_000 + "]" * 100_000
 

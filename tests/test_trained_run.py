@@ -8,12 +8,7 @@ import pytest
 import torch
 
 from splatseg_ns.trained_run import RunError, TrainedRun
-
-
-def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
-    features = torch.nn.functional.normalize(torch.randn(n, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features[list(bad), 5] = value
-    return features
+from tests.helpers import features_with_nan
 
 
 def test_select_tool_refuses_nan_features(tmp_path):

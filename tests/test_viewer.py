@@ -12,14 +12,7 @@ from splatseg_ns.core.selection_file import read_selection
 from splatseg_ns.tools.export import export_selection
 from splatseg_ns.tools.make_benchmark import deepest_pixel, object_masks
 from splatseg_ns.tools.select import select_by_view_clicks
-from splatseg_ns.trained_run import TrainedRun
-
-VIEW = "frame_00001.png"
-
-
-@pytest.fixture(scope="module")
-def run(trained_demo_run: Path) -> TrainedRun:
-    return TrainedRun(trained_demo_run)
+from tests.helpers import VIEW
 
 
 @pytest.fixture()

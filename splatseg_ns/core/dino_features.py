@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
+from splatseg_ns.core.weights import WeightsError, read_state_dict, resolve_checkpoint
 
 FLAG_PREFIX = "--[pipeline.datamanager.]dino-config."  # splatseg masks / ns-train
 # DINO backbones timm 0.6.7 knows, by (width, patch size): to name the right one for a checkpoint.
@@ -107,20 +107,7 @@ def load_dino(config: DinoConfig, device: Union[str, "torch.device"] = "cpu", pr
 
 
 def _dino_state_dict(path: Path) -> Dict[str, Any]:
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise WeightsError(f"{path}: cannot read the checkpoint ({type(err).__name__}: {str(err)[:200]}). If it was "
-                           "downloaded, the download may be incomplete: delete the file and run again.") from err
-    # DINO's training checkpoints nest the backbone under teacher/student with prefixes.
-    for key in ("teacher", "model", "state_dict"):
-        if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
-            ckpt = ckpt[key]
-            break
-    if not isinstance(ckpt, dict):
-        raise WeightsError(f"{path}: expected a state dict, found a {type(ckpt).__name__}.")
+    ckpt = read_state_dict(path, nested=("teacher", "model", "state_dict"))  # DINO's training checkpoints nest
     out = {}
     for k, v in ckpt.items():
         for prefix in ("module.", "backbone."):

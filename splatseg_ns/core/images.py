@@ -35,6 +35,10 @@ class InputFilesError(ValueError):
         self.summary = summary
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+"""The image files a dataset folder, a mask folder for `select --masks` or a benchmark is read from."""
+
+
 def load_image(path: Path) -> np.ndarray:
     """An image file as RGB uint8 [H, W, 3] (alpha dropped; no EXIF rotation, like nerfstudio).
 

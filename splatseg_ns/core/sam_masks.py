@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from splatseg_ns.core.images import resize_nearest
-from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
+from splatseg_ns.core.weights import WeightsError, read_state_dict, resolve_checkpoint
 
 # Official checkpoints (segment-anything README).
 SAM_CHECKPOINT_URLS = {
@@ -200,7 +200,7 @@ def load_sam(config: SamMaskConfig, device: Union[str, "torch.device"] = "cpu"):
         what=f"SAM {config.model_type}",
         flag=f"{FLAG_PREFIX}checkpoint",
     )
-    state_dict = _read_state_dict(path)
+    state_dict = read_state_dict(path)
     width = state_dict.get("image_encoder.pos_embed", torch.zeros(0)).shape[-1:]
     found = _ENCODER_WIDTH.get(int(width[0])) if len(width) else None
     if found is None and not any(k.startswith("image_encoder.") for k in state_dict):
@@ -219,23 +219,6 @@ def load_sam(config: SamMaskConfig, device: Union[str, "torch.device"] = "cpu"):
         )
         raise WeightsError(f"{path}: cannot load into SAM {config.model_type}: {hint}. ({str(err)[:300]})") from err
     return model.to(device).eval()
-
-
-def _read_state_dict(path: Path) -> Dict[str, Any]:
-    import torch
-
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated download, not a torch file, pickled objects
-        raise WeightsError(
-            f"{path}: cannot read the checkpoint ({type(err).__name__}: {str(err)[:200]}). If it was downloaded, "
-            "the download may be incomplete: delete the file and run again."
-        ) from err
-    if isinstance(state_dict, dict) and "model" in state_dict and isinstance(state_dict["model"], dict):
-        state_dict = state_dict["model"]
-    if not isinstance(state_dict, dict):
-        raise WeightsError(f"{path}: expected a state dict, found a {type(state_dict).__name__}.")
-    return state_dict
 
 
 class SamMasks:
@@ -287,7 +270,7 @@ class SamMasks:
         image = _check_image(image)
         h, w = image.shape[:2]
         small = _shrink(image, self.config.max_side)
-        records = self.generator().generate(small)
+        records = self.raw_masks(small)
         scale = (h * w) / (small.shape[0] * small.shape[1])
         if not records:
             return np.zeros((h, w), np.int32), np.zeros((h, w), np.int32)

@@ -1,12 +1,14 @@
 """Which Gaussians a click or a phrase picks, at one level (coarse: whole objects, fine: parts).
 
-Click-Gaussian (arXiv 2407.11793, Sec. 3.4): the rendered feature at a clicked pixel picks the
-nearest global candidate of the chosen level, and the object is the set of Gaussians assigned to
-that candidate. The per-Gaussian assignment (argmax cosine to the candidates) does not depend on
-the click, so it is computed once per level (`precompute_click_index`, which also keeps the unit
-candidates and the gather slots a click needs); a click is then one small matmul and one table
-lookup over the assignment (`ClickIndex.select`), about as fast as a single `assignment == k`
-pass and with no host synchronisation on CUDA. A phrase picks candidates through their CLIP
+A click names a global candidate of the chosen level, and the object is the set of Gaussians assigned
+to it. Which candidate: the one the clicked pixel's Gaussians carry most weight for, when the caller
+found them (`core.contributors.click_candidate`, the tools and the viewer do); else, as in
+Click-Gaussian (arXiv 2407.11793, Sec. 3.4), the nearest candidate to the pixel's rendered feature.
+The assignment is every Gaussian's label: its vote (`core.lifting`) when the run has votes, else its
+nearest candidate in feature space (`precompute_click_index`); it does not depend on the click, so it
+is built once per level, and a click is then one small matmul and one table lookup over the
+assignment (`ClickIndex.select`), about as fast as a single `assignment == k` pass and with no host
+synchronisation on CUDA. A phrase picks candidates through their CLIP
 embeddings (`select_by_text`). `select_prompts` combines clicks, names and the fallback without
 candidates (raw cosine to the clicks): the one rule that the command line and the viewer share.
 
@@ -17,11 +19,12 @@ Relies on the data model of `features` (coarse level = leading channels, fine = 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from splatseg_ns.core.contributors import PixelContributors, click_candidate
 from splatseg_ns.core.global_candidates import assign_to_candidates
 from splatseg_ns.core.losses import check_finite_features
 
@@ -324,6 +327,28 @@ def select_prompts(
             by_name &= ~index.select(negative, None, threshold, click_ids=negative_ids)
         selected |= by_name
     return selected
+
+
+def select_clicked(
+    index: Optional[ClickIndex],
+    features: torch.Tensor,
+    positive: Sequence[PixelContributors] = (),
+    negative: Sequence[PixelContributors] = (),
+    named: Optional[torch.Tensor] = None,
+    threshold: Optional[float] = None,
+) -> torch.Tensor:
+    """bool [N]: what clicks, each given as the Gaussians blended at its pixel (`core.contributors`), and a name
+    select at one level: each click's candidate is the one its Gaussians carry most weight for, its feature is
+    what they blend, and `select_prompts` combines them. The one rule of `splatseg select` and the viewer."""
+    clicks = [*positive, *negative]
+    if not clicks:
+        return select_prompts(index, features, named=named, threshold=threshold)
+    blended = torch.stack([found.blend(features) for found in clicks])
+    ids = None if index is None else torch.tensor(
+        [click_candidate(found, index.assignment, index.num_candidates)[0] for found in clicks])
+    split = len(positive)
+    return select_prompts(index, features, blended[:split], blended[split:] if negative else None, named, threshold,
+                          click_ids=ids)
 
 
 def _gather(table: torch.Tensor, assignment: torch.Tensor) -> torch.Tensor:

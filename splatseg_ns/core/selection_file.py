@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from splatseg_ns.core.features import LEVELS
 from splatseg_ns.core.files import atomic_write, parse_json
 
 FORMAT = "splatseg-selection/1"
@@ -64,8 +65,10 @@ def write_selection(path: Path, selection: Selection) -> None:
     atomic_write(path, json.dumps(payload).encode(), what="selection file")
 
 
-LEVELS = ("coarse", "fine", "masks")
-"""What a selection can be made at: a feature level, or from masks (`splatseg select --masks`)."""
+MASK_LEVEL = "masks"
+"""The level of a selection made from masks (`splatseg select --masks`), not at a feature level."""
+SELECTION_LEVELS = (*LEVELS, MASK_LEVEL)
+"""What a selection can be made at: a feature level (`core.features.LEVELS`), or from masks."""
 _FINGERPRINT = re.compile(r"^(\d+):([0-9a-f]{16})$")
 
 
@@ -99,8 +102,8 @@ def read_selection(path: Path) -> Selection:
     match = _FINGERPRINT.match(payload["fingerprint"]) if isinstance(payload["fingerprint"], str) else None
     if match is None:
         raise bad("fingerprint", f"must be '<Gaussian count>:<16 hex digits>', not {payload['fingerprint']!r}")
-    if payload["level"] not in LEVELS:
-        raise bad("level", f"must be one of {', '.join(LEVELS)}, not {payload['level']!r}")
+    if payload["level"] not in SELECTION_LEVELS:
+        raise bad("level", f"must be one of {', '.join(SELECTION_LEVELS)}, not {payload['level']!r}")
     indices = payload["indices"]
     if not isinstance(indices, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in indices):
         raise bad("indices", "must be a list of whole numbers (Gaussian indices)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
 
 class WeightsError(RuntimeError):
@@ -26,6 +26,27 @@ def _download(url: str, destination: Path) -> None:
 
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.hub.download_url_to_file(url, str(destination), progress=True)
+
+
+def read_state_dict(path: Path, nested: Tuple[str, ...] = ("model",)) -> Dict[str, Any]:
+    """A checkpoint's state dict (`weights_only` loading), unwrapped from the first of `nested` that holds one;
+    a WeightsError names the file when it is not readable (an incomplete download, say) or holds no dict."""
+    import torch
+
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated download, not a torch file, pickled objects
+        raise WeightsError(
+            f"{path}: cannot read the checkpoint ({type(err).__name__}: {str(err)[:200]}). If it was downloaded, "
+            "the download may be incomplete: delete the file and run again."
+        ) from err
+    for key in nested:
+        if isinstance(state_dict, dict) and isinstance(state_dict.get(key), dict):
+            state_dict = state_dict[key]
+            break
+    if not isinstance(state_dict, dict):
+        raise WeightsError(f"{path}: expected a state dict, found a {type(state_dict).__name__}.")
+    return state_dict
 
 
 def resolve_checkpoint(

@@ -7,7 +7,7 @@ nearest candidate and selects the Gaussians assigned to it). For each number of 
 
 - precompute: `selection.precompute_click_index` per level (coarse and fine: the assignment plus
   the click index), a one-off per level and per candidate refresh, so reported apart from the click;
-- click: `selection.ClickIndex.select` (fine level; what `select_by_clicks` runs once the index
+- click: `selection.ClickIndex.select` (fine level; what `select_prompts` runs once the index
   is built, and what the select tool calls) for one positive click, and for one positive plus one
   negative click, given the clicked pixel's feature. The feature render at the click is NOT
   included; it is the `render` column;
@@ -239,7 +239,7 @@ def format_table(rows: List[Dict]) -> str:
     lines += [
         "",
         f"Goal click <= 1.5x the compare floor: {verdict}.",
-        "Click = `ClickIndex.select` (fine level, index built once: `select_by_clicks`' hot path) given the "
+        "Click = `ClickIndex.select` (fine level, index built once: `select_prompts`' hot path) given the "
         "clicked pixel's feature, median of "
         f"~{first['click_repeats']} calls; the feature render at the click is not included (render column). "
         "Click from the pixel = what a click costs end to end without a render: the Gaussians that blend into "

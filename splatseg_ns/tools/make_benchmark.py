@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from splatseg_ns.core.files import parse_json, path_component
-from splatseg_ns.core.images import names_image
+from splatseg_ns.core.images import IMAGE_SUFFIXES, names_image
 from splatseg_ns.core.masks import FolderMasks
 from splatseg_ns.tools.checks import InputError
 
@@ -39,7 +39,7 @@ def find_image(data_dir: Path, name: str) -> Path:
     wanted, data_dir = Path(name), Path(data_dir)
     images = sorted(
         p for p in data_dir.rglob("*")
-        if p.is_file() and p.suffix.lower() in (".png", ".jpg", ".jpeg")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         and not NOT_IMAGES.intersection(p.relative_to(data_dir).parts[:-1]) and names_image(wanted, p)
     )
     if not images:

@@ -13,9 +13,7 @@ from typing import List, Optional, Sequence, Tuple
 from splatseg_ns.core.cache import CACHE_FOLDER
 from splatseg_ns.core.extraction import ExtractionSummary, Runner, extract_all
 from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
-from splatseg_ns.core.images import InputFilesError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+from splatseg_ns.core.images import IMAGE_SUFFIXES, InputFilesError
 
 
 def dataset_images(data: Path) -> List[Path]:

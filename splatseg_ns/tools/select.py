@@ -5,7 +5,7 @@ A click picks the candidate that the Gaussians blended at its pixel carry most w
 belong to no candidate, so a floater in front of an object cannot steal the click; a name picks
 the candidate whose masks' CLIP embeddings match it best. Positive clicks add candidates,
 negative ones remove them (a candidate hit by both is split by which click each of its Gaussians
-is closer to); `core.selection.select_prompts` is the rule, the one the viewer uses too.
+is closer to); `core.selection.select_clicked` is the rule, the one the viewer uses too.
 
 Masks of one object in some views (`--masks DIR`, e.g. from a text-prompted detector) select it
 without any feature: every Gaussian votes with its rendered weight inside and outside them
@@ -23,9 +23,10 @@ import torch
 from splatseg_ns.core.clip_embeddings import clip_text_encoder
 from splatseg_ns.core.contributors import PixelContributors, click_candidate
 from splatseg_ns.core.features import Level
+from splatseg_ns.core.images import IMAGE_SUFFIXES
 from splatseg_ns.core.lifting import tally_votes
-from splatseg_ns.core.selection import MIN_CLICK_OPACITY, ClickIndex, select_by_text, select_prompts
-from splatseg_ns.core.selection_file import Selection
+from splatseg_ns.core.selection import MIN_CLICK_OPACITY, ClickIndex, select_by_text, select_clicked, select_prompts
+from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
 from splatseg_ns.trained_run import RunError, TrainedRun, View
 
 Pixel = Tuple[float, float]
@@ -72,12 +73,10 @@ def select_by_view_clicks(
     for pixel, found in zip([*positive, *negative], clicks):
         check_click_hits(view, pixel, found)
     index = run.click_index(level)
-    features = run.gaussian_features(level)
-    click_ids = torch.tensor([clicked_candidate(view, pixel, found, index)
-                              for pixel, found in zip([*positive, *negative], clicks)])
-    blended = torch.stack([found.blend(features) for found in clicks])  # the clicks' rendered features
-    selected = select_prompts(index, features, blended[: len(positive)], blended[len(positive):] if negative else None,
-                              threshold=threshold, click_ids=click_ids)
+    for pixel, found in zip([*positive, *negative], clicks):
+        clicked_candidate(view, pixel, found, index)  # refuses a click on Gaussians of no segment
+    selected = select_clicked(index, run.gaussian_features(level), clicks[: len(positive)], clicks[len(positive):],
+                              threshold=threshold)
     indices: List[int] = selected.nonzero().squeeze(-1).cpu().tolist()
     prompts = {"view": view.name, "positive": [list(p) for p in positive], "negative": [list(p) for p in negative],
                "threshold": threshold}
@@ -114,11 +113,6 @@ def select_by_text_query(
     return Selection(str(run.config_path), run.fingerprint, level, indices, prompts)
 
 
-MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
-MASK_LEVEL = "masks"
-"""The level a selection by masks records (it comes from no feature level)."""
-
-
 def select_by_masks(run: TrainedRun, mask_dir: Path, min_weight: float = 1e-3) -> Selection:
     """The Gaussians that carry more of their rendered weight inside the masks of `mask_dir` than outside,
     over the views that have one: DIR/<image stem>.png, binary (> 127 = the object), on the image files
@@ -127,7 +121,7 @@ def select_by_masks(run: TrainedRun, mask_dir: Path, min_weight: float = 1e-3) -
     if not mask_dir.is_dir():
         raise RunError(f"{mask_dir}: no such folder. Give --masks a folder of binary masks named like the images "
                        "(frame_00001.png for the view frame_00001.png).")
-    files = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in MASK_SUFFIXES)
+    files = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise RunError(f"{mask_dir}: no masks (.png or .jpg) in it. Put one binary mask per view there, named like "
                        "the view's image.")

@@ -20,6 +20,7 @@ from splatseg_ns.core.losses import (
     spatial_smoothness_loss,
     two_level_contrastive_loss,
 )
+from tests.helpers import features_with_nan
 
 
 def brute_force_level_loss(features, ids, margin, weight):
@@ -48,12 +49,6 @@ def _brute_force_knn(means: torch.Tensor, k: int) -> torch.Tensor:
     dist = torch.cdist(means.double(), means.double())
     dist.fill_diagonal_(float("inf"))
     return dist.topk(k, dim=-1, largest=False).indices
-
-
-def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
-    features = torch.nn.functional.normalize(torch.randn(n, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features[list(bad), 5] = value
-    return features
 
 
 def test_pull_is_minus_one_when_same_mask_features_agree():

@@ -21,6 +21,7 @@ from splatseg_ns.core.selection import (
     select_candidates,
     select_prompts,
 )
+from tests.helpers import features_with_nan
 
 
 def select_by_clicks(assignment, similarity, centers, positive, negative=None, threshold=None, features=None):
@@ -84,12 +85,6 @@ def _reference_select(assignment, similarity, centers, positive, negative, thres
             best_neg = max(float(f @ F.normalize(c.double(), dim=0)) for c, j in zip(negative, neg_ids) if j == a)
             out[i] = best_pos > best_neg and best_pos > -1.0
     return out
-
-
-def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
-    features = torch.nn.functional.normalize(torch.randn(n, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features[list(bad), 5] = value
-    return features
 
 
 @pytest.mark.parametrize("chunk_size", [7, 1 << 18])
@@ -382,3 +377,22 @@ def test_selection_and_clustering_refuse_nan_features():
         precompute_click_index(features[:, :12], centers)
     with pytest.raises(NonFiniteFeaturesError, match="feature training diverged"):
         segment_everything_by_clustering(torch.randn(100, 3), features, num_segments=2)
+
+
+def test_select_clicked_takes_each_clicks_candidate_from_its_pixels_gaussians():
+    """A floater of candidate 2 nearest the camera but light, behind it candidate 0's Gaussians: the click picks
+    0 (most weight), and a negative click on candidate 0 elsewhere removes it again."""
+    from splatseg_ns.core.contributors import PixelContributors
+    from splatseg_ns.core.selection import ClickIndex, select_clicked
+
+    assignment = torch.tensor([2, 0, 0, 1, 1, -1])
+    centers = torch.nn.functional.normalize(torch.eye(3, 12), dim=-1)
+    features = centers[assignment.clamp(min=0)]
+    index = ClickIndex.from_assignment(assignment, torch.ones(6), centers)
+    click = PixelContributors(ids=torch.tensor([0, 1, 2]), weights=torch.tensor([0.2, 0.5, 0.3]))
+    assert select_clicked(index, features, [click]).tolist() == [False, True, True, False, False, False]
+    on_zero = PixelContributors(ids=torch.tensor([2, 5]), weights=torch.tensor([0.6, 0.4]))
+    assert not select_clicked(index, features, [click], [on_zero]).any()
+    on_one = PixelContributors(ids=torch.tensor([3]), weights=torch.tensor([0.9]))
+    assert select_clicked(index, features, [click, on_one]).tolist() == [False, True, True, True, True, False]
+    assert not select_clicked(index, features).any()  # nothing clicked, nothing named

@@ -1,4 +1,4 @@
-"""The trained demo run the tools' tests share, opened once, and the objects of its prompt view."""
+"""The objects of the prompt view of the trained demo run (tests/conftest.py's `run`) that the tools' tests share."""
 
 from __future__ import annotations
 
@@ -7,14 +7,7 @@ from pathlib import Path
 import pytest
 
 from splatseg_ns.tools.make_benchmark import deepest_pixel, object_masks
-from splatseg_ns.trained_run import TrainedRun
-
-VIEW = "frame_00001.png"
-
-
-@pytest.fixture(scope="session")
-def run(trained_demo_run: Path) -> TrainedRun:
-    return TrainedRun(trained_demo_run)
+from tests.helpers import VIEW
 
 
 @pytest.fixture(scope="session")

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from splatseg_ns.tools.evaluate import evaluate
 from splatseg_ns.tools.make_benchmark import write_benchmark
-
-VIEW = "frame_00001.png"
+from tests.helpers import VIEW
 
 
 def test_eval_scores_the_demo_objects(run, demo_scene, tmp_path):
@@ -43,8 +42,7 @@ def test_a_click_on_gaussians_of_no_segment_scores_as_selecting_nothing(run, dem
 
 
 def test_eval_scores_a_selection_made_another_way_than_by_the_clicks(run, demo_scene, tmp_path):
-    from splatseg_ns.core.selection_file import Selection
-    from splatseg_ns.tools.select import MASK_LEVEL
+    from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
 
     prompts = write_benchmark(demo_scene, tmp_path / "bench", "coarse", VIEW, ["frame_00004.png"])
     everything = Selection(str(run.config_path), run.fingerprint, MASK_LEVEL, list(range(run.model.num_points)))

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from splatseg_ns.core.ply import ply_property_names, read_gaussians_ply
 from splatseg_ns.core.selection_file import (
@@ -22,14 +21,7 @@ from splatseg_ns.core.selection_file import (
 from splatseg_ns.tools.export import export_segments, export_selection
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun
-
-VIEW = "frame_00001.png"
-
-
-def features_with_nan(n: int = 100, bad=(3, 50), value=float("nan")) -> torch.Tensor:
-    features = torch.nn.functional.normalize(torch.randn(n, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
-    features[list(bad), 5] = value
-    return features
+from tests.helpers import VIEW, features_with_nan
 
 
 def nan_run(tmp_path: Path):

@@ -13,8 +13,7 @@ from PIL import Image
 from splatseg_ns.core.metrics import iou
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError
-
-VIEW = "frame_00001.png"
+from tests.helpers import VIEW
 
 
 def test_negative_click_removes_an_object(run, objects):
