@@ -47,7 +47,9 @@ for spec in "${WHEELS[@]}"; do
     fi
   fi
 done
+[ -e build ] && had_build=1 || had_build=0
 "$PYTHON" -m pip wheel -q --no-deps -w "$DEST" . >/dev/null  # splatseg itself
+[ "$had_build" = 1 ] || rm -rf build  # setuptools' build folder, left in the source tree
 for wheel in "$DEST"/*.whl; do  # a wheel built here must still install on the box: pure Python or cp312
   case "$(basename "$wheel")" in
     *-py3-none-any.whl|*-py2.py3-none-any.whl|*-py312-none-any.whl|*-cp312-*manylinux*x86_64*.whl|*-abi3-*manylinux*x86_64*.whl) ;;

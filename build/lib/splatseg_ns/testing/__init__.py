@@ -1,1 +1,0 @@
-"""What the tests (and benchmarks) build instead of downloading: toy-size models with random weights."""
