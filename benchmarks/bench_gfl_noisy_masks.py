@@ -181,7 +181,7 @@ def evaluate_run(config: Path, benchmarks: Dict[str, List[Path]]) -> tuple:
     from splatseg_ns.trained_run import TrainedRun
 
     run = TrainedRun(config)
-    candidates = {level: int(getattr(run.model, f"candidate_centers_{level}").shape[0]) for level in LEVELS}
+    candidates = {level: int(run.model.levels[level].centers.shape[0]) for level in LEVELS}
     metrics = {}
     for level, dirs in benchmarks.items():
         prompts, per_prompt_iou = [], {}

@@ -36,6 +36,7 @@ from splatseg_ns.core.global_candidates import (
     candidate_embeddings,
     two_level_gfl_loss,
 )
+from splatseg_ns.core.level_state import level_states, upgrade_state_dict
 from splatseg_ns.core.lifting import (
     VoteConfig,
     Votes,
@@ -203,11 +204,8 @@ class SplatsegModel(SplatfactoModel):
         self.step = 0
         self._neighbours: Optional[torch.Tensor] = None  # kNN of the frozen means, for the smoothness term
         self.candidates: Optional[GlobalCandidates] = None  # GFL's global candidates, once built
-        for level in LEVELS:  # their centres, CLIP embeddings and the votes ride in checkpoints, for the tools
-            self.register_buffer(f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level)))
-            self.register_buffer(f"candidate_clip_{level}", torch.zeros(0, 0))
-            self.register_buffer(f"vote_labels_{level}", torch.zeros(0, dtype=torch.long))
-            self.register_buffer(f"vote_share_{level}", torch.zeros(0))
+        # per level: the candidates' centres, CLIP embeddings and the votes, riding in checkpoints for the tools
+        self.levels = level_states({level: self._level_dim(level) for level in LEVELS})
         from splatseg_ns.viewer import SplatsegViewer
 
         self.splatseg = SplatsegViewer(self)  # the viewer panel: click/name selection, display modes, export
@@ -220,7 +218,7 @@ class SplatsegModel(SplatfactoModel):
         return self.config.margin_coarse if level == "coarse" else self.config.margin_fine
 
     def has_votes(self, level: str) -> bool:
-        return getattr(self, f"vote_labels_{level}").shape[0] == self.num_points and self.num_points > 0
+        return self.levels[level].has_votes(self.num_points)
 
     def uses_votes(self, level: str) -> bool:
         """Whether the level's labels are the votes (they are, once computed, unless votes are turned off)."""
@@ -236,12 +234,12 @@ class SplatsegModel(SplatfactoModel):
         """The level's candidates and every Gaussian's label and how sure it is: its vote (and vote share)
         when the run has votes, else its nearest candidate in feature space (and cosine). None without
         candidates."""
-        centers = getattr(self, f"candidate_centers_{level}")
+        state = self.levels[level]
+        centers = state.centers
         if centers.shape[0] == 0:
             return None
         if self.uses_votes(level):
-            return ClickIndex.from_assignment(getattr(self, f"vote_labels_{level}"),
-                                              getattr(self, f"vote_share_{level}"), centers)
+            return ClickIndex.from_assignment(state.vote_labels, state.vote_share, centers)
         return precompute_click_index(level_features(self.seg_features.detach(), level, self.config.coarse_feature_dim),
                                       centers)
 
@@ -283,18 +281,12 @@ class SplatsegModel(SplatfactoModel):
             dict["gauss_params.seg_features"] = init_features(n, self.config.seg_feature_dim)
         if self.config.dino_feature_dim > 0 and "gauss_params.dino_features" not in dict and "gauss_params.means" in dict:
             dict["gauss_params.dino_features"] = torch.zeros(dict["gauss_params.means"].shape[0], self.config.dino_feature_dim)
-        for level in LEVELS:  # candidate counts differ from run to run, and runs of before the votes have none
-            for key, empty in ((f"candidate_centers_{level}", torch.zeros(0, self._level_dim(level))),
-                               (f"candidate_clip_{level}", torch.zeros(0, 0)),
-                               (f"vote_labels_{level}", torch.zeros(0, dtype=torch.long)),
-                               (f"vote_share_{level}", torch.zeros(0))):
-                dict.setdefault(key, empty)
-                setattr(self, key, torch.zeros_like(dict[key], device=self.device))
+        upgrade_state_dict(dict, self.levels)  # older key names; candidate counts differ from run to run
         result = super().load_state_dict(dict, **kwargs)
-        if self.candidate_centers_coarse.shape[0] or self.candidate_centers_fine.shape[0]:
+        if self.levels["coarse"].centers.shape[0] or self.levels["fine"].centers.shape[0]:
             # A resumed run keeps pulling towards its candidates at once, not only after the next refresh.
             self.candidates = GlobalCandidates.from_centers(
-                self.candidate_centers_coarse, self.candidate_centers_fine, self.config.coarse_feature_dim
+                self.levels["coarse"].centers, self.levels["fine"].centers, self.config.coarse_feature_dim
             )
         return result
 
@@ -386,16 +378,14 @@ class SplatsegModel(SplatfactoModel):
             for level in ("coarse", "fine"):
                 per_view = [(data[f"clip_{level}_ids"], data[f"clip_{level}_emb"]) for data in cached]
                 embeddings = candidate_embeddings(candidates.level(level), per_view)
-                setattr(self, f"candidate_clip_{level}", embeddings.to(self.device))
+                self.levels[level].clip = embeddings.to(self.device)
         return candidates
 
     def set_candidates(self, candidates: GlobalCandidates) -> None:
         self.candidates = candidates.to(self.device)
-        self.candidate_centers_coarse = self.candidates.coarse.centers.detach().clone()
-        self.candidate_centers_fine = self.candidates.fine.centers.detach().clone()
-        for level in LEVELS:  # votes were cast for the previous candidates
-            setattr(self, f"vote_labels_{level}", torch.zeros(0, dtype=torch.long, device=self.device))
-            setattr(self, f"vote_share_{level}", torch.zeros(0, device=self.device))
+        for level in LEVELS:
+            self.levels[level].centers = self.candidates.level(level).centers.detach().clone()
+            self.levels[level].clear_votes()  # they were cast for the previous candidates
 
     @torch.no_grad()
     def compute_votes(self, datamanager) -> Dict[str, Votes]:
@@ -404,7 +394,7 @@ class SplatsegModel(SplatfactoModel):
         feature render and one weight pass (both levels at once) per view."""
         check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
         cameras = datamanager.train_dataset.cameras
-        centers = {level: getattr(self, f"candidate_centers_{level}") for level in LEVELS}
+        centers = {level: self.levels[level].centers for level in LEVELS}
         totals = {level: torch.zeros(self.num_points, centers[level].shape[0] + 1, device=self.device) for level in LEVELS}
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
         for index, data in enumerate(datamanager.cached_train):
@@ -430,8 +420,7 @@ class SplatsegModel(SplatfactoModel):
         votes = {}
         for level in LEVELS:
             votes[level] = tally_votes(totals[level], self.config.vote.min_weight, self.config.vote.unmasked_bias)
-            setattr(self, f"vote_labels_{level}", votes[level].labels)
-            setattr(self, f"vote_share_{level}", votes[level].share)
+            self.levels[level].vote_labels, self.levels[level].vote_share = votes[level].labels, votes[level].share
         return votes
 
     def step_post_backward(self, step):

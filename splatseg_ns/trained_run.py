@@ -234,10 +234,10 @@ class TrainedRun:
         if level not in self._click_indices:
             self.gaussian_features(level)  # refuses diverged features, naming the run
             model = self.model
-            if getattr(model, f"candidate_centers_{level}").shape[0] == 0:
+            if model.levels[level].centers.shape[0] == 0:
                 print("This run's checkpoint holds no global candidates; building them from the training views...")
                 model.refresh_global_candidates(self.pipeline.datamanager)
-            if getattr(model, f"candidate_centers_{level}").shape[0] == 0:
+            if model.levels[level].centers.shape[0] == 0:
                 raise RunError(
                     f"No {level} global candidates could be built for {self.config_path}: the features do not form "
                     "clusters. Train the feature stage longer (--max-num-iterations) or check the masks."

@@ -251,7 +251,7 @@ class SplatsegViewer(nn.Module):
         """Changes whenever the Gaussians, their candidates or votes may have (training steps, densification,
         GFL refresh, votes cast)."""
         model = self._model
-        centers, votes = getattr(model, f"candidate_centers_{level}"), getattr(model, f"vote_labels_{level}")
+        centers, votes = model.levels[level].centers, model.levels[level].vote_labels
         return (int(getattr(model, "step", 0)), model.num_points, centers.data_ptr(), tuple(centers.shape),
                 votes.data_ptr(), tuple(votes.shape))
 
@@ -281,7 +281,7 @@ class SplatsegViewer(nn.Module):
     def _named_candidates(self, level: str) -> Optional[torch.Tensor]:
         if self._text_embedding is None:
             return None
-        embeddings = getattr(self._model, f"candidate_clip_{level}")
+        embeddings = self._model.levels[level].clip
         if embeddings.numel() == 0:
             return None
         return select_by_text(self._text_embedding.to(embeddings), embeddings, embeddings.norm(dim=-1) > 0)
@@ -395,7 +395,7 @@ class SplatsegViewer(nn.Module):
         if not text:
             self._say("Type a name first, e.g. 'mushroom'.")
             return False
-        if all(getattr(self._model, f"candidate_clip_{level}").numel() == 0 for level in LEVELS):
+        if all(self._model.levels[level].clip.numel() == 0 for level in LEVELS):
             self._say("This run has no CLIP embeddings of its segments, so it cannot select by name: train with "
                       "--pipeline.datamanager.text-queries True.")
             return False

@@ -236,9 +236,9 @@ def test_clip_and_dino_ride_along_and_reach_the_gaussians(tmp_path, monkeypatch)
     assert batch["dino"].shape[-1] == 8 and batch["clip_coarse_emb"].shape[0] == batch["clip_coarse_ids"].shape[0] > 0
     model = trainer.pipeline.model
     # the candidates gathered their masks' CLIP embeddings (unit rows where a mask was embedded)
-    k = model.candidate_centers_coarse.shape[0]
-    assert k > 0 and model.candidate_clip_coarse.shape[0] == k
-    norms = model.candidate_clip_coarse.norm(dim=-1)
+    k = model.levels["coarse"].centers.shape[0]
+    assert k > 0 and model.levels["coarse"].clip.shape[0] == k
+    norms = model.levels["coarse"].clip.norm(dim=-1)
     assert ((norms - 1).abs() < 1e-4).any()
     assert model.gauss_params["dino_features"].abs().sum() > 0
 

@@ -64,8 +64,8 @@ def test_trained_run_loads_and_features_separate_objects(trained_demo_run: Path)
     assert model.seg_features.shape == (model.num_points, 24)
     assert torch.isfinite(model.seg_features).all()
     # GFL ran: the checkpoint holds global candidates, about one per object (4) at the coarse level
-    assert 2 <= model.candidate_centers_coarse.shape[0] <= 8, model.candidate_centers_coarse.shape
-    assert model.candidate_centers_fine.shape[0] >= model.candidate_centers_coarse.shape[0]
+    assert 2 <= model.levels["coarse"].centers.shape[0] <= 8, model.levels["coarse"].centers.shape
+    assert model.levels["fine"].centers.shape[0] >= model.levels["coarse"].centers.shape[0]
 
     dataset = pipeline.datamanager.train_dataset
     masks = FolderMasks(Path(pipeline.datamanager.config.data))
@@ -91,8 +91,8 @@ def test_trained_run_loads_and_features_separate_objects(trained_demo_run: Path)
 
     # The votes saved at the last step are the ones the loaded run casts again: a mask maps to a candidate
     # by its rendered features alone, not by state that only the training process had.
-    saved = {level: getattr(model, f"vote_labels_{level}").clone() for level in ("coarse", "fine")}
+    saved = {level: model.levels[level].vote_labels.clone() for level in ("coarse", "fine")}
     assert all(labels.shape[0] == model.num_points and (labels >= 0).any() for labels in saved.values())
     model.compute_votes(pipeline.datamanager)
     for level, labels in saved.items():
-        assert torch.equal(getattr(model, f"vote_labels_{level}"), labels), level
+        assert torch.equal(model.levels[level].vote_labels, labels), level

@@ -147,7 +147,7 @@ def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
     views = [(features, coarse, fine)] * 4
     model.config.gfl.min_cluster_size_floor = 2
     model.set_candidates(build_global_candidates(views, 12, model.config.gfl))
-    assert model.candidate_centers_coarse.shape[0] >= 1 and model.candidate_centers_fine.shape[1] == 24
+    assert model.levels["coarse"].centers.shape[0] >= 1 and model.levels["fine"].centers.shape[1] == 24
     model.step = 5
     losses = model.get_loss_dict(model.get_outputs(camera), batch)
     assert {"gfl_coarse_pull", "gfl_coarse_push", "gfl_fine_pull", "gfl_fine_push"} <= set(losses)
@@ -158,8 +158,8 @@ def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
     state = model.state_dict()
     other = make_model(num_points=5)
     other.load_state_dict(state)
-    torch.testing.assert_close(other.candidate_centers_fine, model.candidate_centers_fine)
-    assert other.candidate_centers_coarse.shape == model.candidate_centers_coarse.shape
+    torch.testing.assert_close(other.levels["fine"].centers, model.levels["fine"].centers)
+    assert other.levels["coarse"].centers.shape == model.levels["coarse"].centers.shape
 
 
 def test_dino_distillation_trains_its_own_feature():
@@ -199,3 +199,20 @@ def test_training_stops_before_a_checkpoint_with_nan_features_is_saved():
     with pytest.raises(NonFiniteFeaturesError, match=r"1 of 40 Gaussians have NaN/inf .*diverged by step 1000"):
         for callback in callbacks:
             callback.run_callback_at_location(1000, TrainingCallbackLocation.AFTER_TRAIN_ITERATION)
+
+
+def test_a_checkpoint_with_the_former_flat_level_keys_loads():
+    """Runs saved before the per-level state (`candidate_centers_coarse`, `vote_labels_fine`, ...) keep their
+    candidates and votes."""
+    model = make_model(num_points=20)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("levels.")}
+    centers = torch.nn.functional.normalize(torch.randn(4, 12), dim=-1)
+    state.update(candidate_centers_coarse=centers, candidate_clip_coarse=torch.randn(4, 8),
+                 vote_labels_coarse=torch.arange(20) % 4, vote_share_coarse=torch.rand(20))
+    other = make_model(num_points=5)
+    other.load_state_dict(state)
+    torch.testing.assert_close(other.levels["coarse"].centers, centers)
+    assert other.levels["coarse"].clip.shape == (4, 8) and other.has_votes("coarse")
+    assert other.levels["fine"].centers.shape == (0, 24) and not other.has_votes("fine")  # absent: empty
+    assert set(other.state_dict()) >= {"levels.coarse.centers", "levels.fine.vote_share"}
+    assert not any(key.startswith("candidate_") for key in other.state_dict())

@@ -153,7 +153,7 @@ def test_interrupted_run_resumes_to_the_same_end(interrupt_after, demo_scene, tr
     import torch
 
     state = torch.load(resumed / "nerfstudio_models" / f"step-{TOTAL - 1:09d}.ckpt", map_location="cpu", weights_only=False)
-    assert state["pipeline"]["_model.candidate_centers_coarse"].shape[0] >= 2
+    assert state["pipeline"]["_model.levels.coarse.centers"].shape[0] >= 2
 
     bench = tmp_path.parent / "resume_bench"
     reference = mean_iou(trained_demo_run, demo_scene, bench)

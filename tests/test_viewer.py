@@ -192,11 +192,11 @@ def test_select_by_name(run, tools, clicks):
     assert "no CLIP embeddings" in elements(run)["Status"].value
 
     model = run.model
-    centers = model.candidate_centers_coarse
-    saved = model.candidate_clip_coarse
+    centers = model.levels["coarse"].centers
+    saved = model.levels["coarse"].clip
     try:  # give the candidates embeddings, and "mushroom" the embedding of candidate 2
-        model.candidate_clip_coarse = torch.nn.functional.normalize(torch.randn(centers.shape[0], 8), dim=-1)
-        tools.bind(run.config_path, run.pipeline, encode_text=lambda texts: model.candidate_clip_coarse[2:3] * 3)
+        model.levels["coarse"].clip = torch.nn.functional.normalize(torch.randn(centers.shape[0], 8), dim=-1)
+        tools.bind(run.config_path, run.pipeline, encode_text=lambda texts: model.levels["coarse"].clip[2:3] * 3)
         assert tools.select_by_name("mushroom")
         index = run.click_index("coarse")
         expected = select_candidates(index.assignment, torch.tensor([2]), index.num_candidates)
@@ -206,5 +206,5 @@ def test_select_by_name(run, tools, clicks):
         tools.click_pixel(run.view(VIEW).camera, *clicks[0])
         assert not (tools.selected() & ~expected).any()
     finally:
-        model.candidate_clip_coarse = saved
+        model.levels["coarse"].clip = saved
         tools.bind(run.config_path, run.pipeline)

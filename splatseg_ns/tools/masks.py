@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from splatseg_ns.core.cache import CACHE_FOLDER
+from splatseg_ns.core.cache import FeatureCache
 from splatseg_ns.core.extraction import ExtractionSummary, Runner, extract_all
 from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
 from splatseg_ns.core.images import IMAGE_SUFFIXES, InputFilesError
@@ -51,7 +51,7 @@ def run_masks(
         extractors.append(dino_extractor(dino_config, device))
     if clip:
         extractors.append(clip_extractor(clip_config, device))
-    cache_dir = Path(cache_dir) if cache_dir is not None else Path(data_dir) / CACHE_FOLDER
+    cache_dir = FeatureCache(data_dir, cache_dir).cache_dir  # the cache decides its default place
     try:
         summary = extract_all(image_paths, extractors, cache_dir, shard=shard, progress=progress, data_dir=data_dir,
                               overwrite_other_dataset=overwrite_other_dataset, runner=runner)

@@ -92,7 +92,7 @@ def select_by_text_query(
     encode_text: Optional[Callable[[Sequence[str]], torch.Tensor]] = None,
 ) -> Selection:
     """The Gaussians of the segment(s) whose CLIP embedding best matches `text`."""
-    embeddings = getattr(run.model, f"candidate_clip_{level}")
+    embeddings = run.model.levels[level].clip
     if embeddings.numel() == 0:
         raise RunError(
             f"{run.config_path} has no CLIP embeddings of its segments, so it cannot be searched by name. Train with "

@@ -26,7 +26,7 @@ def test_a_click_on_gaussians_of_no_segment_scores_as_selecting_nothing(run, dem
     missed = prompts[0]
     found = run.pixel_contributors(run.view(VIEW), *missed["positive"][0])
     run.click_index("coarse")  # votes cast, if the run has none yet
-    labels = run.model.vote_labels_coarse
+    labels = run.model.levels["coarse"].vote_labels
     kept = labels.clone()
     try:
         labels[found.ids] = -1  # the votes left every Gaussian at the pixel out of every segment

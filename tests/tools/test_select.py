@@ -34,7 +34,7 @@ def test_text_query_picks_the_candidate_whose_masks_match(run):
     k = index.num_candidates
     embeddings = torch.eye(k + 2)[:k]  # candidate j "means" word j
     embeddings[-1] = 0  # a candidate none of whose masks was embedded
-    run.model.candidate_clip_coarse = embeddings
+    run.model.levels["coarse"].clip = embeddings
     try:
         target = 1 if k > 2 else 0
         word = lambda texts: (torch.eye(k + 2)[target] + 0.1 * torch.eye(k + 2)[k + 1])[None]  # noqa: E731
@@ -42,7 +42,7 @@ def test_text_query_picks_the_candidate_whose_masks_match(run):
         expected = (index.assignment == target).nonzero().squeeze(-1).tolist()
         assert selection.indices == expected and selection.prompts["text"] == "word one"
     finally:
-        run.model.candidate_clip_coarse = torch.zeros(0, 0)
+        run.model.levels["coarse"].clip = torch.zeros(0, 0)
 
 
 def test_click_on_background_names_the_view_and_says_to_click_an_object():
