@@ -397,22 +397,30 @@ class Bench:
     """Square size of the view clicked in, for the click from the pixel."""
     render: bool = True
     """Also time the feature render at the click."""
+    render_resolution: Optional[int] = None
+    """Square size of the feature render (default: 128 on CPU, 512 on CUDA)."""
+    render_cap: float = 15.0
+    """Leave out renders predicted to take longer than this many seconds (a CPU run stays short)."""
+    quick: bool = False
+    """Shorter time budgets, and 100k and 1M Gaussians unless --sizes is given."""
     export: bool = True
     """Also time the PLY export."""
 
     def main(self) -> None:
-        from splatseg_ns.tools.bench import DEFAULT_SIZES, format_table, speed_table
+        from splatseg_ns.tools.bench import DEFAULT_SIZES, QUICK_SIZES, format_table, speed_table
         from splatseg_ns.tools.checks import InputError, at_least, device_available, fits_in_memory
 
-        sizes = DEFAULT_SIZES if self.sizes is None else self.sizes
+        sizes = (QUICK_SIZES if self.quick else DEFAULT_SIZES) if self.sizes is None else self.sizes
         if not sizes or min(sizes) < 1:
             raise InputError(f"--sizes {' '.join(map(str, sizes))}: give one or more numbers of Gaussians >= 1")
         fits_in_memory(600 * max(sizes), f"--sizes {max(sizes)}", "the largest scene (~600 B a Gaussian)")
         at_least(self.threads, "--threads", 1)
         at_least(self.click_resolution, "--click-resolution", 1)
         device_available(self.device)
+        at_least(self.render_resolution, "--render-resolution", 8)
         rows = speed_table(sizes, self.device, click_resolution=self.click_resolution,
-                           include_render=self.render, include_export=self.export, threads=self.threads)
+                           include_render=self.render, include_export=self.export, threads=self.threads,
+                           render_resolution=self.render_resolution, render_cap_s=self.render_cap, quick=self.quick)
         print(format_table(rows))
 
 

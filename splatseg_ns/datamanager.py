@@ -125,7 +125,7 @@ class SplatsegDataManager(FullImageDatamanager[InputDataset]):
             needed.append(extractors.dino_extractor(self.config.dino_config, device))
         self.feature_cache = FeatureCache(data_dir, self.config.cache_dir)
         if needed:
-            extract_all(image_paths, needed, self.feature_cache.cache_dir, data_dir=data_dir)
+            extract_all(image_paths, needed, self.feature_cache)
         return folder if use_folder else CachedMasks(self.feature_cache)
 
     def _attach_masks(self, dataset: InputDataset, cameras, cached: List[Dict[str, torch.Tensor]]) -> None:

@@ -16,6 +16,7 @@ What works around nerfstudio 1.1.5 itself is `nerfstudio_compat`.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Type, Union
@@ -37,15 +38,7 @@ from splatseg_ns.core.global_candidates import (
     two_level_gfl_loss,
 )
 from splatseg_ns.core.level_state import level_states, upgrade_state_dict
-from splatseg_ns.core.lifting import (
-    VoteConfig,
-    Votes,
-    compact,
-    mask_labels,
-    one_hot_labels,
-    rendered_weights,
-    tally_votes,
-)
+from splatseg_ns.core.lifting import VoteConfig, Votes, cast_votes, resize_nearest
 from splatseg_ns.core.losses import (
     check_finite_features,
     dino_distillation_loss,
@@ -56,6 +49,7 @@ from splatseg_ns.core.losses import (
     spatial_smoothness_loss,
     two_level_contrastive_loss,
 )
+from splatseg_ns.core.schedule import FeatureSchedule
 from splatseg_ns.core.selection import ClickIndex, precompute_click_index
 from splatseg_ns.nerfstudio_compat import (
     allow_numpy_scalars_in_checkpoints,
@@ -201,6 +195,7 @@ class SplatsegModel(SplatfactoModel):
             self.gauss_params["dino_features"] = Parameter(0.01 * torch.randn(self.num_points, self.config.dino_feature_dim))
         # Densification must be over before the Gaussians' features start training.
         self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, self.config.feature_stage_start)
+        self.schedule = FeatureSchedule(self.config.feature_stage_start, self.config.gfl, self.config.vote)
         self.step = 0
         self._neighbours: Optional[torch.Tensor] = None  # kNN of the frozen means, for the smoothness term
         self.candidates: Optional[GlobalCandidates] = None  # GFL's global candidates, once built
@@ -272,7 +267,7 @@ class SplatsegModel(SplatfactoModel):
 
     @property
     def in_feature_stage(self) -> bool:
-        return self.step >= self.config.feature_stage_start
+        return self.schedule.in_feature_stage(self.step)
 
     def load_state_dict(self, dict, **kwargs):  # type: ignore
         # A plain splatfacto checkpoint has no features: start them fresh (feature-only training).
@@ -318,38 +313,26 @@ class SplatsegModel(SplatfactoModel):
             rebind_optimizers(training_callback_attributes.optimizers.optimizers, self.get_gaussian_param_groups())
         if pipeline is not None and trainer is not None:
             last_step = trainer.config.max_num_iterations + trainer._start_step - 1
+            self.schedule = dataclasses.replace(self.schedule, last_step=last_step)
             callbacks.append(
-                TrainingCallback(
-                    [TrainingCallbackLocation.BEFORE_TRAIN_ITERATION],
-                    self._refresh_candidates_on_schedule,
-                    args=[pipeline.datamanager, last_step],
-                )
+                TrainingCallback([TrainingCallbackLocation.BEFORE_TRAIN_ITERATION], self._on_schedule,
+                                 args=[pipeline.datamanager])
             )
             callbacks.append(
-                TrainingCallback(
-                    [TrainingCallbackLocation.AFTER_TRAIN_ITERATION],
-                    self._refuse_diverged_features,
-                    args=[trainer.config.steps_per_save, last_step],
-                )
+                TrainingCallback([TrainingCallbackLocation.AFTER_TRAIN_ITERATION], self._refuse_diverged_features,
+                                 args=[trainer.config.steps_per_save])
             )
         return callbacks
 
-    def gfl_active(self, step: int) -> bool:
-        return step >= self.config.feature_stage_start + self.config.gfl.start_step
-
-    def _refresh_candidates_on_schedule(self, datamanager, last_step: int, step: int) -> None:
-        """GFL's schedule, plus once at the last step so that every checkpoint's candidates are current."""
-        since = step - self.config.feature_stage_start - self.config.gfl.start_step
-        gfl_refresh = self.gfl_active(step) and self.config.gfl.weight > 0 and since % self.config.gfl.refresh_every == 0
-        if gfl_refresh or (step == last_step and self.in_feature_stage):
+    def _on_schedule(self, datamanager, step: int) -> None:
+        if self.schedule.refresh_candidates(step):
             self.refresh_global_candidates(datamanager)
-        if step == last_step and self.in_feature_stage and self.config.vote.enabled:
+        if self.schedule.cast_votes(step):
             self.compute_votes(datamanager)
 
-    def _refuse_diverged_features(self, steps_per_save: int, last_step: int, step: int) -> None:
-        """Stop before a checkpoint holds NaN/inf features: nerfstudio keeps only the latest checkpoint, so
-        saving them would delete the last good one. Checked at save steps only (one isfinite pass each)."""
-        if self.in_feature_stage and ((steps_per_save and step % steps_per_save == 0) or step == last_step):
+    def _refuse_diverged_features(self, steps_per_save: int, step: int) -> None:
+        """Stop before a checkpoint holds NaN/inf features (the last good one is kept)."""
+        if self.schedule.check_features(step, steps_per_save):
             for name in ("seg_features", "dino_features"):
                 if name in self.gauss_params:
                     check_finite_features(
@@ -389,37 +372,25 @@ class SplatsegModel(SplatfactoModel):
 
     @torch.no_grad()
     def compute_votes(self, datamanager) -> Dict[str, Votes]:
-        """Mask lifting over every training view (`core.lifting`): each 2D mask maps to the candidate its
-        mean rendered feature is closest to, and each Gaussian's weight on each label is summed; one
-        feature render and one weight pass (both levels at once) per view."""
+        """Mask lifting over every training view (`core.lifting.cast_votes`): one feature render and one
+        weight pass (both levels at once) per view; the labels are stored per level."""
         check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
         cameras = datamanager.train_dataset.cameras
-        centers = {level: self.levels[level].centers for level in LEVELS}
-        totals = {level: torch.zeros(self.num_points, centers[level].shape[0] + 1, device=self.device) for level in LEVELS}
         rasterize = pick_rasterizer(self.config.rasterizer, self.means.device)
-        for index, data in enumerate(datamanager.cached_train):
-            camera = cameras[index : index + 1].to(self.device)
-            geometry = self._geometry(self.gauss_params.__getitem__, world_to_camera(camera.camera_to_worlds),
-                                      camera.get_intrinsics_matrices().to(self.device), int(camera.width.item()),
-                                      int(camera.height.item()))
-            features = render_features(rasterize, geometry, self.seg_features.detach())
-            present, targets = {}, []
-            for level in LEVELS:
-                ids = data[f"{level}_mask"].to(self.device)
-                if ids.shape != features.shape[:2]:
-                    ids = _resize_nearest(ids, *features.shape[:2])
-                labels = mask_labels(ids, level_features(features, level, self.config.coarse_feature_dim),
-                                     centers[level], self.config.vote.min_mask_cos, self.config.vote.border_px)
-                present[level], local = compact(labels)
-                targets.append(one_hot_labels(local, present[level].numel()))
-            weights = rendered_weights(lambda values, geometry=geometry: render_features(rasterize, geometry, values),
-                                       self.num_points, torch.cat(targets, dim=-1))
-            coarse_count = present["coarse"].numel()
-            totals["coarse"][:, present["coarse"]] += weights[:, :coarse_count]
-            totals["fine"][:, present["fine"]] += weights[:, coarse_count:]
-        votes = {}
+
+        def views():
+            for index, data in enumerate(datamanager.cached_train):
+                camera = cameras[index : index + 1].to(self.device)
+                geometry = self._geometry(self.gauss_params.__getitem__, world_to_camera(camera.camera_to_worlds),
+                                          camera.get_intrinsics_matrices().to(self.device), int(camera.width.item()),
+                                          int(camera.height.item()))
+                features = render_features(rasterize, geometry, self.seg_features.detach())
+                yield (lambda values, geometry=geometry: render_features(rasterize, geometry, values), features,
+                       {level: data[f"{level}_mask"] for level in LEVELS})
+
+        centers = {level: self.levels[level].centers for level in LEVELS}
+        votes = cast_votes(views(), self.num_points, centers, self.config.coarse_feature_dim, self.config.vote)
         for level in LEVELS:
-            votes[level] = tally_votes(totals[level], self.config.vote.min_weight, self.config.vote.unmasked_bias)
             self.levels[level].vote_labels, self.levels[level].vote_share = votes[level].labels, votes[level].share
         return votes
 
@@ -540,7 +511,7 @@ class SplatsegModel(SplatfactoModel):
         coarse = batch["coarse_mask"].to(self.device)
         fine = batch["fine_mask"].to(self.device)
         if coarse.shape[:2] != (H, W):  # resolution schedule: follow the render's size
-            coarse, fine = (_resize_nearest(m, H, W) for m in (coarse, fine))
+            coarse, fine = (resize_nearest(m, H, W) for m in (coarse, fine))
         index = sample_pixels(coarse, fine, self.config.num_sampled_pixels)
         sampled = features.reshape(-1, features.shape[-1])[index]
         coarse_dim = self.config.coarse_feature_dim
@@ -564,7 +535,7 @@ class SplatsegModel(SplatfactoModel):
             losses["spatial"] = spatial_smoothness_loss(
                 gaussians, self._neighbours, self.config.spatial_samples, weight=self.config.spatial_weight
             )
-        if self.candidates is not None and self.gfl_active(self.step) and self.config.gfl.weight > 0:
+        if self.candidates is not None and self.schedule.gfl_active(self.step):
             losses.update(two_level_gfl_loss(gaussians, self.candidates, self.config.gfl,
                                              self.config.margin_coarse, self.config.margin_fine))
         if "dino_features" in self.gauss_params:
@@ -584,7 +555,3 @@ class SplatsegModel(SplatfactoModel):
                              f"{rendered.shape[-1]}; make them equal.")
         return dino_distillation_loss(rendered, target, self.config.dino_weight)
 
-
-def _resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    resized = torch.nn.functional.interpolate(ids[None, None].float(), size=(height, width), mode="nearest")
-    return resized[0, 0].to(ids.dtype)

@@ -13,7 +13,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -90,17 +90,18 @@ def unreadable_images(image_paths: Iterable[Path]) -> List[Path]:
 def prepare_extraction(
     image_paths: Sequence[Path],
     products: Sequence[Extractor],
-    cache_dir: Optional[Path],
+    cache: Union[FeatureCache, Path, None],
     data_dir: Optional[Path],
     overwrite_other_dataset: bool,
 ) -> Tuple[FeatureCache, List[Extractor], List[Path]]:
     """What is done once before any image: the cache (checked to be this dataset's), the extractors in dependency
     order with their `prepare` run (the DINO PCA fit), and every image in name order."""
-    if data_dir is None:
-        if cache_dir is None:
-            raise ValueError("give data_dir or cache_dir")
-        data_dir = Path(cache_dir).resolve().parent
-    cache = FeatureCache(data_dir, cache_dir)
+    if not isinstance(cache, FeatureCache):
+        if data_dir is None:
+            if cache is None:
+                raise ValueError("give data_dir or cache_dir")
+            data_dir = Path(cache).resolve().parent
+        cache = FeatureCache(data_dir, cache)
     ordered = _dependency_order(products)
     all_images = sorted({Path(p) for p in image_paths if Path(p).is_file()}, key=cache.key)  # see unreadable_images
     cache.check_dataset(all_images, overwrite=overwrite_other_dataset)
@@ -114,7 +115,7 @@ def prepare_extraction(
 def extract_all(
     image_paths: Sequence[Path],
     products: Sequence[Extractor],
-    cache_dir: Optional[Path] = None,
+    cache: Union[FeatureCache, Path, None] = None,
     shard: Tuple[int, int] = (0, 1),
     progress: bool = True,
     data_dir: Optional[Path] = None,
@@ -127,10 +128,11 @@ def extract_all(
         image_paths: every image of the dataset (all shards get the same list; the split into
             shards and the DINO PCA sample are taken from it deterministically).
         products: the extractors, in any order (a product is computed after those it requires).
-        cache_dir: the cache folder; default `data_dir/splatseg_cache`.
+        cache: the cache (a `FeatureCache` the caller already holds), or its folder; default
+            `data_dir/splatseg_cache` (`FeatureCache` decides).
         shard: (i, n): this process does image k (in name order) when k % n == i.
         progress: show a tqdm bar with ETA.
-        data_dir: the dataset root that image names are relative to; default `cache_dir`'s parent.
+        data_dir: the dataset root that image names are relative to; default the cache folder's parent.
         overwrite_other_dataset: reuse a cache folder that holds another dataset's products.
         runner: what computes the shard's images, `runner(cache, images, extractors, summary, progress)
             -> the bad input files met`; default: this process, one image after another
@@ -140,7 +142,7 @@ def extract_all(
     (every other image is stored first), `OtherDatasetError` before it starts.
     """
     start = time.perf_counter()
-    cache, ordered, all_images = prepare_extraction(image_paths, products, cache_dir, data_dir,
+    cache, ordered, all_images = prepare_extraction(image_paths, products, cache, data_dir,
                                                     overwrite_other_dataset)
     unreadable = shard_images(unreadable_images(image_paths), shard, cache)
     mine = shard_images(all_images, shard, cache)

@@ -15,6 +15,7 @@ of FlashSplat's linear program is that argmax).
 - `mask_labels` turns one view's instance map into per-pixel labels: each 2D mask maps to the
   global candidate its mean rendered feature is closest to, when it is close enough (as GFL maps
   masks to candidates); a mask no candidate describes casts no vote; unmasked pixels vote "nothing".
+- `cast_votes` does it over every view, both levels at once, and
 - `tally_votes` gives each Gaussian its label: the candidate it carries most weight for, or none
   (-1) when more of its weight falls on unmasked pixels, or it is never seen. That is what keeps
   background Gaussians and floaters out of every selection.
@@ -23,12 +24,13 @@ of FlashSplat's linear program is that argmax).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Dict, Iterable, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from splatseg_ns.core.configs import LoadsOlderConfigs
+from splatseg_ns.core.features import LEVELS, level_features
 
 IGNORE = -1
 """Label of pixels that cast no vote (masks no candidate describes)."""
@@ -163,3 +165,45 @@ def tally_votes(weights: torch.Tensor, min_weight: float = 1e-3, unmasked_bias: 
     labels = torch.where(wins, best, torch.full_like(best, IGNORE))
     share = torch.where(wins, best_weight / total.clamp_min(1e-12), torch.zeros_like(total))
     return Votes(labels, share.float())
+
+
+Render = Callable[[torch.Tensor], torch.Tensor]
+"""Per-Gaussian values [N, C] -> one view's image [H, W, C], the view's geometry fixed."""
+
+
+@torch.no_grad()
+def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tensor]]], num_gaussians: int,
+               centers: Dict[str, torch.Tensor], coarse_dim: int, config: VoteConfig) -> Dict[str, Votes]:
+    """Every Gaussian's label at each level from its rendered weight in every view's masks.
+
+    views: per training view (render, rendered features [H, W, D], {level: instance map [h, w]});
+    centers: {level: [K_l, D_l]} the global candidates. Each view's masks map to candidates
+    (`mask_labels`) and both levels' weights come from one pass (`rendered_weights`)."""
+    totals: Dict[str, torch.Tensor] = {}
+    for render, features, masks in views:
+        if not totals:
+            totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1, device=features.device)
+                      for level in LEVELS}
+        present, targets = {}, []
+        for level in LEVELS:
+            ids = masks[level].to(features.device)
+            if ids.shape != features.shape[:2]:
+                ids = resize_nearest(ids, *features.shape[:2])
+            labels = mask_labels(ids, level_features(features, level, coarse_dim), centers[level],
+                                 config.min_mask_cos, config.border_px)
+            present[level], local = compact(labels)
+            targets.append(one_hot_labels(local, present[level].numel()))
+        weights = rendered_weights(render, num_gaussians, torch.cat(targets, dim=-1))
+        start = 0
+        for level in LEVELS:
+            count = present[level].numel()
+            totals[level][:, present[level]] += weights[:, start : start + count]
+            start += count
+    if not totals:
+        totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1) for level in LEVELS}
+    return {level: tally_votes(totals[level], config.min_weight, config.unmasked_bias) for level in LEVELS}
+
+
+def resize_nearest(ids: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """An instance map [h, w] at another size, nearest neighbour (ids must not blend)."""
+    return F.interpolate(ids[None, None].float(), size=(height, width), mode="nearest")[0, 0].to(ids.dtype)

@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
-from PIL import Image
 
 from splatseg_ns.scenes.geometry import (
     Part,
@@ -65,13 +64,14 @@ from splatseg_ns.scenes.geometry import (
     grid_centroid,
     hemisphere,
     intrinsics,
-    look_at,
-    pixel_rays,
+    ring_poses,
     rot_z,
     round_list,
-    save_mask,
     sphere,
+    view_rays,
+    write_frames,
     write_ply,
+    write_transforms,
 )
 
 __all__ = [
@@ -194,18 +194,9 @@ def build_scene(seed: int = 0) -> Scene:
 # ----------------------------------------------------------------------------
 
 
-def camera_poses(num_views: int, distance: float = CAMERA_DISTANCE) -> List[np.ndarray]:
+def camera_poses(num_views: int) -> List[np.ndarray]:
     """``num_views`` cameras on two rings (elevations 20 and 45 deg) looking at the scene centre."""
-    n_low = (num_views + 1) // 2
-    n_high = num_views - n_low
-    poses = []
-    for elev, n, offset in ((RING_ELEVATIONS_DEG[0], n_low, 0.0), (RING_ELEVATIONS_DEG[1], n_high, 0.5)):
-        e = math.radians(elev)
-        for i in range(n):
-            az = 2 * math.pi * (i + offset) / n
-            eye = LOOK_AT + distance * np.array([math.cos(e) * math.cos(az), math.cos(e) * math.sin(az), math.sin(e)])
-            poses.append(look_at(eye, LOOK_AT))
-    return poses
+    return ring_poses(num_views, LOOK_AT, CAMERA_DISTANCE, RING_ELEVATIONS_DEG)
 
 
 def _shade(scene_colors: np.ndarray, ids: np.ndarray, nrm: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -225,15 +216,8 @@ def render_view(
     Masks are the exact ids of the closest hit of each pixel's centre ray; the RGB
     image averages a 2x2 grid of sub-pixel rays (when ``supersample``).
     """
-    K = intrinsics(resolution, FOV_DEG)
+    o, d = view_rays(c2w, intrinsics(resolution, FOV_DEG), resolution, supersample)
     h = w = resolution
-    vv, uu = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    centre = np.stack([uu.ravel() + 0.5, vv.ravel() + 0.5], axis=-1)
-    offsets = [(0.0, 0.0)]
-    if supersample:
-        offsets += [(-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)]
-    uv = np.concatenate([centre + np.asarray(o) for o in offsets], axis=0)
-    o, d = pixel_rays(c2w, K, uv)
     _t, ids, nrm = scene.cast(o, d)
     cols = _shade(scene.colors(), ids, nrm, d)
     n = h * w
@@ -291,37 +275,13 @@ def write_demo_scene(output_dir: Path, num_views: int = 40, resolution: int = 96
     if resolution < 8:
         raise ValueError("resolution must be >= 8")
     output_dir = Path(output_dir)
-    for sub in ("images", "coarse", "fine"):
-        (output_dir / sub).mkdir(parents=True, exist_ok=True)
-
     scene = build_scene(seed)
     poses = camera_poses(num_views)
-    K = intrinsics(resolution, FOV_DEG)
-
-    frames = []
-    for i, c2w in enumerate(poses):
-        name = f"frame_{i + 1:05d}.png"
-        rgb, coarse, fine = render_view(scene, c2w, resolution)
-        Image.fromarray(rgb).save(output_dir / "images" / name)
-        save_mask(output_dir / "coarse" / name, coarse)
-        save_mask(output_dir / "fine" / name, fine)
-        frames.append({"file_path": f"images/{name}", "transform_matrix": [round_list(r, 8) for r in c2w]})
-
+    frames = write_frames(output_dir, poses, lambda c2w: render_view(scene, c2w, resolution))
     rng = np.random.default_rng(seed + 12345)
     xyz, rgb = _sample_points(scene, poses, resolution, rng, NUM_SEED_POINTS)
     write_ply(output_dir / "sparse_pc.ply", xyz, rgb)
-
-    transforms = {
-        "camera_model": "OPENCV",
-        **{k: (float(v) if k.startswith(("fl", "c")) else int(v)) for k, v in K.items()},
-        "k1": 0.0,
-        "k2": 0.0,
-        "p1": 0.0,
-        "p2": 0.0,
-        "ply_file_path": "sparse_pc.ply",
-        "frames": frames,
-    }
-    (output_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    write_transforms(output_dir, intrinsics(resolution, FOV_DEG), frames)
 
     # Ground truth.
     centroids = {}
@@ -331,7 +291,7 @@ def write_demo_scene(output_dir: Path, num_views: int = 40, resolution: int = 96
         parts_json = []
         obj_lo, obj_hi = np.full(3, np.inf), np.full(3, -np.inf)
         for part in obj.parts:
-            lo, hi = scene._part_bounds(part)
+            lo, hi = scene.part_bounds(part)
             c, n_in = grid_centroid(part.value, lo, hi, step)
             centroids[part.fine_id] = c
             obj_lo, obj_hi = np.minimum(obj_lo, lo), np.maximum(obj_hi, hi)

@@ -12,10 +12,11 @@ centre at (u + 0.5, v + 0.5).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -285,13 +286,13 @@ class Scene:
     def _bounding_sphere(self, obj: "SceneObject") -> Tuple[np.ndarray, float]:
         cache = self.__dict__.setdefault("_bsphere_cache", {})
         if obj.coarse_id not in cache:
-            lo = np.min([self._part_bounds(p)[0] for p in obj.parts], axis=0)
-            hi = np.max([self._part_bounds(p)[1] for p in obj.parts], axis=0)
+            lo = np.min([self.part_bounds(p)[0] for p in obj.parts], axis=0)
+            hi = np.max([self.part_bounds(p)[1] for p in obj.parts], axis=0)
             cache[obj.coarse_id] = ((lo + hi) / 2, float(np.linalg.norm(hi - lo) / 2) + 1e-3)
         return cache[obj.coarse_id]
 
-    def _part_bounds(self, part: Part, margin: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
-        # Bound each solid coarsely by its balls / slabs along world axes.
+    def part_bounds(self, part: Part, margin: float = 0.0) -> Tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) world-axis box around the part, coarse (each solid bounded by its balls / slabs)."""
         lo = np.full(3, np.inf)
         hi = np.full(3, -np.inf)
         for s in part.solids:
@@ -368,6 +369,66 @@ def pixel_rays(c2w: np.ndarray, K: Dict[str, float], uv: np.ndarray) -> Tuple[np
     dirs = dirs_cam @ c2w[:3, :3].T
     dirs /= np.linalg.norm(dirs, axis=-1, keepdims=True)
     return c2w[:3, 3].copy(), dirs
+
+
+def ring_poses(num_views: int, target: np.ndarray, distance: float,
+               elevations_deg: Tuple[float, float]) -> List[np.ndarray]:
+    """`num_views` cameras looking at `target` from two rings (the lower one holds the odd view; the upper
+    one's azimuths sit halfway between the lower one's)."""
+    n_low = (num_views + 1) // 2
+    poses = []
+    for elevation, count, offset in ((elevations_deg[0], n_low, 0.0), (elevations_deg[1], num_views - n_low, 0.5)):
+        e = math.radians(elevation)
+        for i in range(count):
+            az = 2 * math.pi * (i + offset) / count
+            eye = target + distance * np.array([math.cos(e) * math.cos(az), math.cos(e) * math.sin(az), math.sin(e)])
+            poses.append(look_at(eye, target))
+    return poses
+
+
+def view_rays(c2w: np.ndarray, K: Dict[str, float], resolution: int,
+              supersample: bool) -> Tuple[np.ndarray, np.ndarray]:
+    """Rays of a square view: every pixel centre (row-major), then, with `supersample`, four sub-pixel
+    offsets of each (the image averages those; the masks take the centres)."""
+    vv, uu = np.meshgrid(np.arange(resolution, dtype=np.float64), np.arange(resolution, dtype=np.float64),
+                         indexing="ij")
+    centre = np.stack([uu.ravel() + 0.5, vv.ravel() + 0.5], axis=-1)
+    offsets = [(0.0, 0.0)] + ([(-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)] if supersample else [])
+    return pixel_rays(c2w, K, np.concatenate([centre + np.asarray(off) for off in offsets], axis=0))
+
+
+def frame_name(index: int) -> str:
+    """The file name of view `index` (0-based) in every folder of a scene."""
+    return f"frame_{index + 1:05d}.png"
+
+
+def write_frames(output_dir: Path, poses: List[np.ndarray],
+                 render: Callable[[np.ndarray], Tuple[np.ndarray, np.ndarray, np.ndarray]]) -> List[dict]:
+    """Render every pose (`render(c2w)` -> rgb, coarse ids, fine ids) into images/, coarse/ and fine/;
+    returns the transforms.json frames."""
+    for sub in ("images", "coarse", "fine"):
+        (output_dir / sub).mkdir(parents=True, exist_ok=True)
+    frames = []
+    for i, c2w in enumerate(poses):
+        name = frame_name(i)
+        rgb, coarse, fine = render(c2w)
+        Image.fromarray(rgb).save(output_dir / "images" / name)
+        save_mask(output_dir / "coarse" / name, coarse)
+        save_mask(output_dir / "fine" / name, fine)
+        frames.append({"file_path": f"images/{name}", "transform_matrix": [round_list(r, 8) for r in c2w]})
+    return frames
+
+
+def write_transforms(output_dir: Path, K: Dict[str, float], frames: List[dict]) -> None:
+    """nerfstudio's transforms.json: one pinhole camera for every frame, the seed points in sparse_pc.ply."""
+    transforms = {
+        "camera_model": "OPENCV",
+        **{k: (float(v) if k.startswith(("fl", "c")) else int(v)) for k, v in K.items()},
+        "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "ply_file_path": "sparse_pc.ply",
+        "frames": frames,
+    }
+    (output_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
 
 
 def write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:

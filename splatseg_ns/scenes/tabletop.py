@@ -38,15 +38,17 @@ from splatseg_ns.scenes.geometry import (
     box,
     capsule,
     cylinder,
+    frame_name,
     hemisphere,
     intrinsics,
-    look_at,
     pixel_rays,
+    ring_poses,
     rot_z,
-    round_list,
-    save_mask,
     sphere,
+    view_rays,
+    write_frames,
     write_ply,
+    write_transforms,
 )
 
 FOV_DEG = 50.0
@@ -179,21 +181,13 @@ def _cast(scene: Scene, o: np.ndarray, d: np.ndarray) -> Tuple[np.ndarray, np.nd
     return fine, colours
 
 
-def _view_rays(c2w: np.ndarray, K: Dict[str, float], resolution: int, supersample: bool):
-    h = w = resolution
-    vv, uu = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    centre = np.stack([uu.ravel() + 0.5, vv.ravel() + 0.5], axis=-1)
-    offsets = [(0.0, 0.0)] + ([(-0.25, -0.25), (0.25, -0.25), (-0.25, 0.25), (0.25, 0.25)] if supersample else [])
-    return pixel_rays(c2w, K, np.concatenate([centre + np.asarray(off) for off in offsets], axis=0))
-
-
 def render_view(scene: Scene, c2w: np.ndarray, resolution: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(rgb uint8 [H, W, 3], coarse uint16 [H, W], fine uint16 [H, W]) of one view.
 
     Masks are the exact ids at each pixel centre (the backdrop is 0); the image averages the centre
     and four sub-pixel rays."""
     K = intrinsics(resolution, FOV_DEG)
-    o, d = _view_rays(c2w, K, resolution, supersample=True)
+    o, d = view_rays(c2w, K, resolution, supersample=True)
     fine, colours = _cast(scene, o, d)
     n = resolution * resolution
     fine_map = fine[:n].reshape(resolution, resolution).astype(np.uint16)
@@ -204,7 +198,7 @@ def render_view(scene: Scene, c2w: np.ndarray, resolution: int) -> Tuple[np.ndar
 def render_amodal(scene: Scene, c2w: np.ndarray, resolution: int) -> Dict[str, np.ndarray]:
     """Entity name -> bool [H, W]: the silhouette of every object and part rendered alone."""
     K = intrinsics(resolution, FOV_DEG)
-    o, d = _view_rays(c2w, K, resolution, supersample=False)
+    o, d = view_rays(c2w, K, resolution, supersample=False)
     out = {}
     for obj in scene.objects:
         entities = [(obj.name, obj.parts)] + ([(p.name, [p]) for p in obj.parts] if len(obj.parts) > 1 else [])
@@ -216,15 +210,7 @@ def render_amodal(scene: Scene, c2w: np.ndarray, resolution: int) -> Dict[str, n
 
 def camera_poses(num_views: int) -> List[np.ndarray]:
     """`num_views` cameras on two rings (18 and 40 degrees up), looking at the middle of the table."""
-    n_low = (num_views + 1) // 2
-    poses = []
-    for elevation, count, offset in ((RING_ELEVATIONS_DEG[0], n_low, 0.0), (RING_ELEVATIONS_DEG[1], num_views - n_low, 0.5)):
-        e = math.radians(elevation)
-        for i in range(count):
-            az = 2 * math.pi * (i + offset) / count
-            eye = LOOK_AT + CAMERA_DISTANCE * np.array([math.cos(e) * math.cos(az), math.cos(e) * math.sin(az), math.sin(e)])
-            poses.append(look_at(eye, LOOK_AT))
-    return poses
+    return ring_poses(num_views, LOOK_AT, CAMERA_DISTANCE, RING_ELEVATIONS_DEG)
 
 
 def heldout_views(num_views: int, train_fraction: float = TRAIN_FRACTION) -> List[int]:
@@ -263,38 +249,22 @@ def write_tabletop_scene(output_dir: Path, num_views: int = 48, resolution: int 
     if resolution < 8:
         raise ValueError("resolution must be >= 8")
     output_dir = Path(output_dir)
-    for sub in ("images", "coarse", "fine", "amodal"):
-        (output_dir / sub).mkdir(parents=True, exist_ok=True)
     scene = build_tabletop(seed)
     poses = camera_poses(num_views)
-    frames = []
+    frames = write_frames(output_dir, poses, lambda c2w: render_view(scene, c2w, resolution))
     for i, c2w in enumerate(poses):
-        name = f"frame_{i + 1:05d}.png"
-        rgb, coarse, fine = render_view(scene, c2w, resolution)
-        Image.fromarray(rgb).save(output_dir / "images" / name)
-        save_mask(output_dir / "coarse" / name, coarse)
-        save_mask(output_dir / "fine" / name, fine)
         for entity, mask in render_amodal(scene, c2w, resolution).items():
-            (output_dir / "amodal" / entity).mkdir(exist_ok=True)
-            Image.fromarray((mask * 255).astype(np.uint8)).save(output_dir / "amodal" / entity / name)
-        frames.append({"file_path": f"images/{name}", "transform_matrix": [round_list(r, 8) for r in c2w]})
+            (output_dir / "amodal" / entity).mkdir(parents=True, exist_ok=True)
+            Image.fromarray((mask * 255).astype(np.uint8)).save(output_dir / "amodal" / entity / frame_name(i))
     xyz, rgb = _seed_points(scene, poses, resolution, np.random.default_rng(seed + 12345), NUM_SEED_POINTS)
     write_ply(output_dir / "sparse_pc.ply", xyz, rgb)
-    K = intrinsics(resolution, FOV_DEG)
-    transforms = {
-        "camera_model": "OPENCV",
-        **{k: (float(v) if k.startswith(("fl", "c")) else int(v)) for k, v in K.items()},
-        "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-        "ply_file_path": "sparse_pc.ply",
-        "frames": frames,
-    }
-    (output_dir / "transforms.json").write_text(json.dumps(transforms, indent=2))
+    write_transforms(output_dir, intrinsics(resolution, FOV_DEG), frames)
     heldout = heldout_views(num_views)
     scene_json = {
         "description": "splatseg tabletop scene: touching objects on a textured floor before an unmasked backdrop",
         "seed": seed, "num_views": num_views, "resolution": resolution,
-        "heldout_views": [f"frame_{i + 1:05d}.png" for i in heldout],
-        "train_views": [f"frame_{i + 1:05d}.png" for i in range(num_views) if i not in heldout],
+        "heldout_views": [frame_name(i) for i in heldout],
+        "train_views": [frame_name(i) for i in range(num_views) if i not in heldout],
         "amodal": "amodal/<entity name>/<view>.png: the entity's silhouette rendered alone",
         "objects": [{"name": o.name, "coarse_id": o.coarse_id,
                      "parts": [{"name": p.name, "fine_id": p.fine_id} for p in o.parts]} for o in scene.objects],

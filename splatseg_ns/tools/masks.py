@@ -51,9 +51,10 @@ def run_masks(
         extractors.append(dino_extractor(dino_config, device))
     if clip:
         extractors.append(clip_extractor(clip_config, device))
-    cache_dir = FeatureCache(data_dir, cache_dir).cache_dir  # the cache decides its default place
+    cache = FeatureCache(data_dir, cache_dir)  # the cache decides its default place
+    cache_dir = cache.cache_dir
     try:
-        summary = extract_all(image_paths, extractors, cache_dir, shard=shard, progress=progress, data_dir=data_dir,
+        summary = extract_all(image_paths, extractors, cache, shard=shard, progress=progress,
                               overwrite_other_dataset=overwrite_other_dataset, runner=runner)
     except InputFilesError as err:
         if err.summary is not None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from splatseg_ns.core.lifting import IGNORE, compact, mask_labels, one_hot_labels, rendered_weights, tally_votes
+from splatseg_ns.core.lifting import (
+    IGNORE,
+    VoteConfig,
+    cast_votes,
+    compact,
+    mask_labels,
+    one_hot_labels,
+    rendered_weights,
+    tally_votes,
+)
 from splatseg_ns.core.rasterize import rasterize
 
 
@@ -83,3 +92,33 @@ def test_gaps_next_to_masks_cast_no_vote_with_a_border():
     assert mask_labels(ids, features, centers, 0.9, border_px=2).tolist() == [[1, IGNORE, IGNORE, 0, IGNORE, IGNORE, 1]]
     # A view without masks has no border: all of it is unmasked.
     assert mask_labels(torch.zeros(1, 3, dtype=torch.long), features[:, :3], centers, 0.9, border_px=2).tolist() == [[1, 1, 1]]
+
+
+def test_votes_over_views_add_up_per_level():
+    """Two 2x2 views of four Gaussians, one per pixel: each Gaussian takes the candidate of the masks
+    it lies in, summed over both views, at each level apart (the fine level splits what coarse merges)."""
+    coarse_dim = 1
+    features = torch.tensor([[[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]], [[-1.0, 1.0, 0.0], [-1.0, 1.0, 0.0]]])
+    centers = {"coarse": torch.tensor([[1.0], [-1.0]]),
+               "fine": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0], [-1.0, 1.0, 0.0]])}
+
+    def render(values):  # Gaussian i covers pixel i alone, fully opaque
+        return values.reshape(2, 2, -1)
+
+    coarse = torch.tensor([[1, 1], [2, 2]])
+    fine = torch.tensor([[1, 2], [3, 3]])
+    second_view_fine = torch.tensor([[1, 2], [0, 3]])  # Gaussian 2 unmasked once, masked once
+    views = [(render, features, {"coarse": coarse, "fine": fine}),
+             (render, features, {"coarse": coarse, "fine": second_view_fine})]
+    config = VoteConfig(border_px=0, unmasked_bias=0.7)
+    votes = cast_votes(views, 4, centers, coarse_dim, config)
+    assert votes["coarse"].labels.tolist() == [0, 0, 1, 1]
+    assert votes["fine"].labels.tolist() == [0, 1, 2, 2]
+    assert votes["fine"].share.tolist() == [1.0, 1.0, 0.5, 1.0]
+    assert votes["coarse"].share.tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_no_views_leave_every_gaussian_unlabelled():
+    centers = {"coarse": torch.zeros(2, 1), "fine": torch.zeros(3, 3)}
+    votes = cast_votes([], 5, centers, 1, VoteConfig())
+    assert votes["fine"].labels.tolist() == [-1] * 5
