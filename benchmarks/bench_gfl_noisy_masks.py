@@ -176,7 +176,7 @@ def view_names(num_views: int, prompt_views: Sequence[int], num_score_views: int
 
 def evaluate_run(config: Path, benchmarks: Dict[str, List[Path]]) -> tuple:
     """(metrics per level over all prompt views, candidate counts) of one run."""
-    from splatseg_ns.core.metrics import summarise
+    from splatseg_ns.core.segment.metrics import summarise
     from splatseg_ns.tools.evaluate import evaluate
     from splatseg_ns.trained_run import TrainedRun
 

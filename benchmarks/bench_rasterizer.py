@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from splatseg_ns.core.rasterize import rasterize
+from splatseg_ns.core.render.rasterize import rasterize
 
 
 def make_scene(n: int, size: int, seed: int = 0):

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def model_sets(real: bool):
     from segment_anything import sam_model_registry
 
-    from splatseg_ns.core.clip_embeddings import ClipConfig
-    from splatseg_ns.core.extractors import clip_extractor, sam_extractor
-    from splatseg_ns.core.sam_masks import SamMaskConfig
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extract.extractors import clip_extractor, sam_extractor
+    from splatseg_ns.core.extract.sam_masks import SamMaskConfig
     from splatseg_ns.testing.tiny_models import build_tiny_clip, build_tiny_sam
 
     loose = dict(pred_iou_thresh=0.0, stability_score_thresh=0.0)
@@ -42,7 +42,7 @@ def model_sets(real: bool):
 
 
 def timed(images, root: Path, extractors, runner) -> float:
-    from splatseg_ns.core.extraction import extract_all
+    from splatseg_ns.core.extract.extraction import extract_all
 
     start = time.perf_counter()
     summary = extract_all(images, extractors, data_dir=root, progress=False, runner=runner)
@@ -62,7 +62,7 @@ def main() -> None:
     import torch
 
     from splatseg_ns._torchvision_cpu import install
-    from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+    from splatseg_ns.core.extract.ray_extraction import RayOptions, ray_runner
     from tests.helpers import write_images
 
     install()

@@ -106,7 +106,7 @@ def object_in_front_of_the_wall(run, view_names: Sequence[str], margin: float = 
     import cv2
     from scipy.ndimage import binary_opening, label
 
-    from splatseg_ns.core.masks import undistort_pixels
+    from splatseg_ns.core.extract.masks import undistort_pixels
 
     rendered = {}
     for name in view_names:
@@ -190,7 +190,7 @@ def main() -> None:
         raise SystemExit(f"{data} is absent: this benchmark needs the shared data folder beside the project.")
     out = args.output_dir or Path(f"/tmp/splatseg_{args.scene}")
 
-    from splatseg_ns.core.selection_file import write_selection
+    from splatseg_ns.core.io.selection_file import write_selection
     from splatseg_ns.tools.demo import demo_train_args, run_ns_train
     from splatseg_ns.tools.evaluate import evaluate
     from splatseg_ns.tools.export import export_selection

@@ -199,7 +199,7 @@ def blobby_two_level(
 
 def sam_like_masks(h: int, w: int, num_coarse: int, num_fine: int, seed: int, max_side: int = 1024):
     """Maps made at SAM's working size (`SamMaskConfig.max_side`) and resized nearest to (h, w), as SAM's are."""
-    from splatseg_ns.core.images import resize_nearest
+    from splatseg_ns.core.io.images import resize_nearest
 
     rng = np.random.default_rng(seed)
     s = min(1.0, max_side / max(h, w))
@@ -264,7 +264,7 @@ def feature_batch(width: int, height: int, dino_shape: Optional[Tuple[int, int, 
 
 def dino_grid(width: int, height: int) -> Tuple[int, int]:
     """The DINO map's (h, w) for an image: `input_size` at the default resolution, over the patch size."""
-    from splatseg_ns.core.dino_features import DinoConfig, input_size
+    from splatseg_ns.core.extract.dino_features import DinoConfig, input_size
 
     config = DinoConfig()
     patch = 8 if "patch8" in config.model_name else 16
@@ -274,7 +274,7 @@ def dino_grid(width: int, height: int) -> Tuple[int, int]:
 
 def synthetic_candidates(coarse_dim: int, dim: int, num_coarse: int = 100, num_fine: int = 300):
     """GlobalCandidates with random unit centres (no masks behind them), so that GFL runs in the feature step."""
-    from splatseg_ns.core.global_candidates import GlobalCandidates, LevelCandidates
+    from splatseg_ns.core.segment.global_candidates import GlobalCandidates, LevelCandidates
 
     def level(k: int, d: int) -> LevelCandidates:
         empty = torch.zeros(0, dtype=torch.long)
@@ -334,7 +334,7 @@ def gaussian_memory(num_points: int, dino_dim: int, small: Tuple[int, int], full
                     project_to: Sequence[float]) -> Dict:
     """Everything item 1 and 2 measure for one model size."""
     import splatseg_ns.model as model_module
-    from splatseg_ns.core.selection import precompute_click_index
+    from splatseg_ns.core.segment.selection import precompute_click_index
 
     t0 = time.perf_counter()
     model, optimizers = build_model(num_points, dino_dim)
@@ -501,11 +501,11 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
     """Write real cache entries for synthetic images; bytes on disk and in the datamanager's RAM per image."""
     from PIL import Image
 
-    from splatseg_ns.core import cache as cache_module
-    from splatseg_ns.core import extractors as extractors_module
-    from splatseg_ns.core.clip_embeddings import ClipConfig
-    from splatseg_ns.core.dino_features import DinoConfig, load_dino
-    from splatseg_ns.core.extraction import extract_all
+    from splatseg_ns.core.extract import cache as cache_module
+    from splatseg_ns.core.extract import extractors as extractors_module
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extract.dino_features import DinoConfig, load_dino
+    from splatseg_ns.core.extract.extraction import extract_all
     from splatseg_ns.testing.tiny_models import TINY_CLIP_CONFIG
 
     rows = []
@@ -568,7 +568,7 @@ def cache_bytes(sizes: Sequence[Tuple[int, int]], images_per_size: int, num_coar
 
 def datamanager_ram(cache, path: Path, image_hw: Tuple[int, int], products: Sequence[str]) -> Dict[str, int]:
     """Bytes `SplatsegDataManager._attach_masks` keeps per image, through the loaders and conversions it uses."""
-    from splatseg_ns.core.images import load_image
+    from splatseg_ns.core.io.images import load_image
 
     ram = {"image uint8": tensor_bytes([torch.from_numpy(load_image(path))])}  # cache_images_type="uint8"
     coarse, fine = cache.load_masks(path, image_hw)  # CachedMasks.load -> int32; the datamanager keeps int16 if it can

@@ -88,7 +88,7 @@ def geometry_scores(run: "TrainedRun", benchmarks: Dict[str, Path], seed: int, r
     error (Gaussians straddling a boundary, or reaching into a neighbour where no view sees them)."""
     import numpy as np
 
-    from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
+    from splatseg_ns.core.io.selection_file import MASK_LEVEL, Selection
     from splatseg_ns.scenes.tabletop import build_tabletop
     from splatseg_ns.tools.evaluate import evaluate
 
@@ -119,8 +119,8 @@ def select_by_masks_scores(run: "TrainedRun", scene_dir: Path, share: float = 0.
     import torch
     from PIL import Image
 
-    from splatseg_ns.core.metrics import iou, precision, recall
-    from splatseg_ns.core.ply import read_gaussians_ply
+    from splatseg_ns.core.io.ply import read_gaussians_ply
+    from splatseg_ns.core.segment.metrics import iou, precision, recall
     from splatseg_ns.tools.evaluate import render_ply_alone, render_selection_mask
     from splatseg_ns.tools.export import export_selection
     from splatseg_ns.tools.select import select_by_masks

@@ -19,10 +19,10 @@ from typing import List, Literal, Optional, Tuple, Union
 import tyro
 from typing_extensions import Annotated
 
-from splatseg_ns.core.clip_embeddings import ClipConfig  # these four are import-light: no torch
-from splatseg_ns.core.dino_features import DinoConfig
+from splatseg_ns.core.extract.clip_embeddings import ClipConfig  # these four are import-light: no torch
+from splatseg_ns.core.extract.dino_features import DinoConfig
+from splatseg_ns.core.extract.sam_masks import SamMaskConfig
 from splatseg_ns.core.features import Level
-from splatseg_ns.core.sam_masks import SamMaskConfig
 
 Clicks = Annotated[List[Tuple[float, float]], tyro.conf.UseAppendAction]
 
@@ -34,12 +34,12 @@ def _fail(err: Exception) -> None:
 
 def _input_errors() -> Tuple[type, ...]:
     """The errors that mean bad input (each names the file or option and the fix), not a bug."""
-    from splatseg_ns.core.cache import CacheError
-    from splatseg_ns.core.images import ImageReadError, InputFilesError
-    from splatseg_ns.core.masks import MaskError
-    from splatseg_ns.core.ray_extraction import RaySetupError
-    from splatseg_ns.core.selection_file import SelectionError
-    from splatseg_ns.core.weights import WeightsError
+    from splatseg_ns.core.extract.cache import CacheError
+    from splatseg_ns.core.extract.masks import MaskError
+    from splatseg_ns.core.extract.ray_extraction import RaySetupError
+    from splatseg_ns.core.io.images import ImageReadError, InputFilesError
+    from splatseg_ns.core.io.selection_file import SelectionError
+    from splatseg_ns.core.io.weights import WeightsError
     from splatseg_ns.tools.checks import InputError
     from splatseg_ns.trained_run import RunError
 
@@ -156,7 +156,7 @@ class Select:
     Gaussian with more of its rendered weight inside them than outside is selected; works on splatfacto runs too."""
 
     def main(self) -> None:
-        from splatseg_ns.core.selection_file import write_selection
+        from splatseg_ns.core.io.selection_file import write_selection
         from splatseg_ns.tools.checks import InputError, existing_file, existing_folder, in_range, writable_file
         from splatseg_ns.tools.select import select_by_masks, select_by_text_query, select_by_view_clicks
         from splatseg_ns.trained_run import TrainedRun
@@ -218,7 +218,7 @@ class Export:
     """Segments from the global candidates, or from clustering position + feature (physical distance weighted high)."""
 
     def main(self) -> None:
-        from splatseg_ns.core.selection_file import read_selection
+        from splatseg_ns.core.io.selection_file import read_selection
         from splatseg_ns.tools.checks import InputError, existing_file, writable_file, writable_folder
         from splatseg_ns.tools.export import export_segments, export_selection
         from splatseg_ns.trained_run import TrainedRun
@@ -363,7 +363,7 @@ class Masks:
             raise InputError("; ".join(bad))
         runner = None
         if self.ray is not None:
-            from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+            from splatseg_ns.core.extract.ray_extraction import RayOptions, ray_runner
 
             if n != 1:
                 raise InputError(f"--ray with --shard {self.shard}: give one of them (Ray splits the scene itself)")

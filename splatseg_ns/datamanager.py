@@ -1,7 +1,7 @@
 """Full-image datamanager that hands each training image over with its two-level instance masks.
 
-Glue only: masks come from the user's folder (`core.masks`) or from SAM through the per-image
-cache (`core.cache`, filled on first use by `core.extraction` or ahead by `splatseg masks`), are
+Glue only: masks come from the user's folder (`core.extract.masks`) or from SAM through the per-image
+cache (`core.extract.cache`, filled on first use by `core.extract.extraction` or ahead by `splatseg masks`), are
 resized nearest to the image and follow it through nerfstudio's undistortion, and ride along in
 the cached batch as `coarse_mask` / `fine_mask` [H, W] tensors (int16 where the ids fit, else
 int32: masks are most of the cached batch's memory). When asked, CLIP embeddings of every mask
@@ -23,15 +23,15 @@ from nerfstudio.data.datamanagers.full_images_datamanager import FullImageDatama
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from rich.progress import track
 
-from splatseg_ns.core import extractors
-from splatseg_ns.core.cache import CachedMasks, FeatureCache
-from splatseg_ns.core.clip_embeddings import ClipConfig
 from splatseg_ns.core.configs import LoadsOlderConfigs
-from splatseg_ns.core.dino_features import DinoConfig
-from splatseg_ns.core.extraction import extract_all
-from splatseg_ns.core.images import check_images_readable
-from splatseg_ns.core.masks import MaskError, mask_source_from, undistort_instance_map
-from splatseg_ns.core.sam_masks import SamMaskConfig
+from splatseg_ns.core.extract import extractors
+from splatseg_ns.core.extract.cache import CachedMasks, FeatureCache
+from splatseg_ns.core.extract.clip_embeddings import ClipConfig
+from splatseg_ns.core.extract.dino_features import DinoConfig
+from splatseg_ns.core.extract.extraction import extract_all
+from splatseg_ns.core.extract.masks import MaskError, mask_source_from, undistort_instance_map
+from splatseg_ns.core.extract.sam_masks import SamMaskConfig
+from splatseg_ns.core.io.images import check_images_readable
 from splatseg_ns.nerfstudio_compat import image_cache_device
 
 
@@ -61,7 +61,7 @@ class SplatsegDataManagerConfig(LoadsOlderConfigs, FullImageDatamanagerConfig):
 
 def lens_distortion(camera: Cameras) -> Optional[Tuple[np.ndarray, np.ndarray, bool]]:
     """(K, distortion, fisheye) of a camera [1] with lens distortion, as the mask/pixel undistortion in
-    `core.masks` takes them; None for a pinhole camera."""
+    `core.extract.masks` takes them; None for a pinhole camera."""
     params = camera.distortion_params
     if params is None or not torch.any(params != 0):
         return None

@@ -6,9 +6,9 @@ Glue only: the method's wiring. What it adds to `SplatfactoModel`:
   carry it along;
 - two stages in one run: colour and geometry on splatfacto's schedule until
   `feature_stage_start`, then only the features, with everything else frozen (Click-Gaussian),
-  trained by `core.losses` and `core.global_candidates` (GFL); at the last step every Gaussian
-  votes for its label (`core.lifting`), which selections, segments and exports use;
-- a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.rasterize` on CPU, with
+  trained by `core.segment.losses` and `core.segment.global_candidates` (GFL); at the last step every Gaussian
+  votes for its label (`core.segment.lifting`), which selections, segments and exports use;
+- a rasteriser chosen by device: gsplat's CUDA kernels on a GPU, `core.render.rasterize` on CPU, with
   no `.cuda()` on the path;
 - `self.splatseg`, the web viewer's panel (`viewer.py`), whose display `get_outputs` applies.
 What works around nerfstudio 1.1.5 itself is `nerfstudio_compat`.
@@ -28,18 +28,18 @@ from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from torch.nn import Parameter
 
 from splatseg_ns.core.configs import LoadsOlderConfigs
-from splatseg_ns.core.contributors import GaussianGrid, PixelContributors, pixel_contributors
 from splatseg_ns.core.features import LEVELS, init_features, level_dim, level_features
-from splatseg_ns.core.global_candidates import (
+from splatseg_ns.core.render.contributors import GaussianGrid, PixelContributors, pixel_contributors
+from splatseg_ns.core.segment.global_candidates import (
     GFLConfig,
     GlobalCandidates,
     build_global_candidates,
     candidate_embeddings,
     two_level_gfl_loss,
 )
-from splatseg_ns.core.level_state import level_states, upgrade_state_dict
-from splatseg_ns.core.lifting import VoteConfig, Votes, cast_votes, resize_nearest
-from splatseg_ns.core.losses import (
+from splatseg_ns.core.segment.level_state import level_states, upgrade_state_dict
+from splatseg_ns.core.segment.lifting import VoteConfig, Votes, cast_votes, resize_nearest
+from splatseg_ns.core.segment.losses import (
     check_finite_features,
     dino_distillation_loss,
     feature_norm_2d_loss,
@@ -49,8 +49,8 @@ from splatseg_ns.core.losses import (
     spatial_smoothness_loss,
     two_level_contrastive_loss,
 )
-from splatseg_ns.core.schedule import FeatureSchedule
-from splatseg_ns.core.selection import ClickIndex, precompute_click_index
+from splatseg_ns.core.segment.schedule import FeatureSchedule
+from splatseg_ns.core.segment.selection import ClickIndex, precompute_click_index
 from splatseg_ns.nerfstudio_compat import (
     allow_numpy_scalars_in_checkpoints,
     finish_at_max_iterations,
@@ -124,7 +124,7 @@ def pick_rasterizer(choice: str, device: torch.device):
         from gsplat import rasterization
 
         return rasterization
-    from splatseg_ns.core.rasterize import rasterize
+    from splatseg_ns.core.render.rasterize import rasterize
 
     return rasterize
 
@@ -372,7 +372,7 @@ class SplatsegModel(SplatfactoModel):
 
     @torch.no_grad()
     def compute_votes(self, datamanager) -> Dict[str, Votes]:
-        """Mask lifting over every training view (`core.lifting.cast_votes`): one feature render and one
+        """Mask lifting over every training view (`core.segment.lifting.cast_votes`): one feature render and one
         weight pass (both levels at once) per view; the labels are stored per level."""
         check_finite_features(self.seg_features.detach(), "Votes cannot be cast", self.step)
         cameras = datamanager.train_dataset.cameras
@@ -543,7 +543,7 @@ class SplatsegModel(SplatfactoModel):
         return losses
 
     def dino_loss(self, batch, rendered: torch.Tensor) -> torch.Tensor:
-        """`core.losses.dino_distillation_loss` against the batch's cached DINO map, checking the run's flags."""
+        """`core.segment.losses.dino_distillation_loss` against the batch's cached DINO map, checking the run's flags."""
         if "dino" not in batch:
             raise ValueError(
                 "--pipeline.model.dino-feature-dim is set but the batches carry no DINO maps: also pass "

@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from splatseg_ns.core.configs import load_run_config
-from splatseg_ns.core.contributors import PixelContributors
+from splatseg_ns.core.extract.masks import undistort_instance_map, undistort_pixels
 from splatseg_ns.core.features import Level, level_features
-from splatseg_ns.core.images import binary_mask, names_image, same_aspect
-from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
-from splatseg_ns.core.losses import NonFiniteFeaturesError, check_finite_features
-from splatseg_ns.core.masks import undistort_instance_map, undistort_pixels
-from splatseg_ns.core.selection import ClickIndex
-from splatseg_ns.core.selection_file import fingerprint
+from splatseg_ns.core.io.images import binary_mask, names_image, same_aspect
+from splatseg_ns.core.io.selection_file import fingerprint
+from splatseg_ns.core.render.contributors import PixelContributors
+from splatseg_ns.core.segment.lifting import one_hot_labels, rendered_weights
+from splatseg_ns.core.segment.losses import NonFiniteFeaturesError, check_finite_features
+from splatseg_ns.core.segment.selection import ClickIndex
 
 
 class RunError(ValueError):
@@ -251,7 +251,7 @@ class TrainedRun:
     @torch.no_grad()
     def mask_weights(self, view_masks: Sequence[Tuple[View, np.ndarray]]) -> torch.Tensor:
         """[N, 2]: each Gaussian's rendered weight inside and outside the given masks (bool [H, W] in render
-        space), summed over their views (`core.lifting.rendered_weights`)."""
+        space), summed over their views (`core.segment.lifting.rendered_weights`)."""
         from splatseg_ns.model import render_values
 
         model, totals = self.model, torch.zeros(self.model.num_points, 2, device=self.device)

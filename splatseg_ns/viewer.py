@@ -1,10 +1,10 @@
 """The splatseg panel of the nerfstudio web viewer: click (or name) an object, see it, save it, export it.
 
 Glue only, on `core` alone: a click picks the candidate that the Gaussians blended at its pixel
-carry most weight for (`core.contributors.click_candidate`, Gaussians of no candidate left out, so
-a floater in front cannot steal it), and `core.selection.select_clicked` turns clicks and names
-into Gaussians (the same rule as `splatseg select`); displays are `core.display`, files are
-`core.selection_file` and `core.export` (the same export as `splatseg export`).
+carry most weight for (`core.render.contributors.click_candidate`, Gaussians of no candidate left out, so
+a floater in front cannot steal it), and `core.segment.selection.select_clicked` turns clicks and names
+into Gaussians (the same rule as `splatseg select`); displays are `core.render.display`, files are
+`core.io.selection_file` and `core.export.writer` (the same export as `splatseg export`).
 
 nerfstudio finds viewer elements by walking the pipeline's attributes and sub-modules
 (`viewer.utils.parse_object`: public attributes only, recursing into `nn.Module`s, in the
@@ -16,7 +16,7 @@ reaches its model through a weak reference: as a sub-module it would make a cycl
 A click (`ViewerControl.register_pointer_cb("click")`, armed by the "Click to select" button,
 one click per press) gives the ray's origin and a normalised screen position. Nothing is
 rendered: the Gaussians blended at that pixel of the browser's camera (at the size of the
-viewer's settled frame) and their weights are found directly (`core.contributors`, through a grid
+viewer's settled frame) and their weights are found directly (`core.render.contributors`, through a grid
 of Gaussian cells, with the display's hidden Gaussians left out), exactly as a full render would
 weigh them: what `splatseg select` does on a dataset view. The clicked pixels' contributors are
 kept, not the Gaussians: the selection is recomputed from them when the level or the threshold
@@ -55,19 +55,19 @@ from nerfstudio.viewer.viewer_elements import (
 )
 from torch import nn
 
-from splatseg_ns.core import display
-from splatseg_ns.core.clip_embeddings import clip_text_encoder
-from splatseg_ns.core.contributors import click_candidate
-from splatseg_ns.core.export import export_selection
+from splatseg_ns.core.export.writer import export_selection
+from splatseg_ns.core.extract.clip_embeddings import clip_text_encoder
 from splatseg_ns.core.features import LEVELS, level_features
-from splatseg_ns.core.ply import segment_colours
-from splatseg_ns.core.selection import (
+from splatseg_ns.core.io.ply import segment_colours
+from splatseg_ns.core.io.selection_file import Selection, fingerprint, read_selection, write_selection
+from splatseg_ns.core.render import display
+from splatseg_ns.core.render.contributors import click_candidate
+from splatseg_ns.core.segment.selection import (
     MIN_CLICK_OPACITY,
     ClickIndex,
     select_by_text,
     select_clicked,
 )
-from splatseg_ns.core.selection_file import Selection, fingerprint, read_selection, write_selection
 
 if TYPE_CHECKING:
     from nerfstudio.cameras.cameras import Cameras

@@ -51,7 +51,7 @@ def offline(tmp_path, monkeypatch) -> Path:
     """No network: every checkpoint download fails as it would offline; weights go to a fresh folder."""
     import urllib.error
 
-    from splatseg_ns.core import weights as weights_mod
+    from splatseg_ns.core.io import weights as weights_mod
 
     monkeypatch.setenv("SPLATSEG_CACHE", str(tmp_path / "weights"))
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.extractors import Extractor
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.extractors import Extractor
 
 VIEW = "frame_00001.png"
 """The demo run's view that the tests click in and score."""

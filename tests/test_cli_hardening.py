@@ -264,7 +264,7 @@ def test_replacing_a_file_keeps_its_mode(tmp_path):
 
 
 def test_a_damaged_dataset_record_or_manifest_is_recomputed_not_a_traceback(tmp_path):
-    from splatseg_ns.core.extraction import extract_all
+    from splatseg_ns.core.extract.extraction import extract_all
 
     root = tmp_path / "scene"
     images = write_images(root, n=3)
@@ -282,8 +282,8 @@ def test_a_damaged_dataset_record_or_manifest_is_recomputed_not_a_traceback(tmp_
 
 
 def test_stale_temporaries_are_removed_and_a_folder_in_an_entrys_place_is_named(tmp_path):
-    from splatseg_ns.core.cache import CacheError
-    from splatseg_ns.core.extraction import extract_all
+    from splatseg_ns.core.extract.cache import CacheError
+    from splatseg_ns.core.extract.extraction import extract_all
 
     root = tmp_path / "scene"
     images = write_images(root, n=2)
@@ -301,9 +301,9 @@ def test_stale_temporaries_are_removed_and_a_folder_in_an_entrys_place_is_named(
 
 
 def test_a_looping_link_is_listed_with_the_bad_files_and_the_rest_stored(tmp_path):
-    from splatseg_ns.core.cache import FeatureCache
-    from splatseg_ns.core.extraction import extract_all
-    from splatseg_ns.core.images import InputFilesError
+    from splatseg_ns.core.extract.cache import FeatureCache
+    from splatseg_ns.core.extract.extraction import extract_all
+    from splatseg_ns.core.io.images import InputFilesError
 
     root = tmp_path / "scene"
     images = write_images(root, n=3)
@@ -315,7 +315,7 @@ def test_a_looping_link_is_listed_with_the_bad_files_and_the_rest_stored(tmp_pat
 
 
 def test_two_linked_images_of_one_name_are_two_entries(tmp_path):
-    from splatseg_ns.core.cache import FeatureCache
+    from splatseg_ns.core.extract.cache import FeatureCache
 
     root = tmp_path / "scene"
     (elsewhere,) = write_images(tmp_path / "elsewhere", n=1)
@@ -327,7 +327,7 @@ def test_two_linked_images_of_one_name_are_two_entries(tmp_path):
 
 
 def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
-    from splatseg_ns.core.images import ImageReadError, load_image
+    from splatseg_ns.core.io.images import ImageReadError, load_image
 
     values = np.linspace(0, 65535, 64).astype(np.uint16).reshape(8, 8)
     path = tmp_path / "grey16.png"
@@ -342,7 +342,7 @@ def test_16_bit_grey_images_are_scaled_not_clipped(tmp_path):
 
 
 def test_sam_settings_are_range_checked_for_ns_train_too():
-    from splatseg_ns.core.sam_masks import SamMaskConfig
+    from splatseg_ns.core.extract.sam_masks import SamMaskConfig
 
     assert SamMaskConfig().problems() == []
     bad = SamMaskConfig(points_per_side=0, stability_score_thresh=2.0, box_nms_thresh=0.0)

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from splatseg_ns.core import sam_masks
-from splatseg_ns.core.images import InputFilesError
-from splatseg_ns.core.masks import FolderMasks
-from splatseg_ns.core.sam_masks import SamMaskConfig
+from splatseg_ns.core.extract import sam_masks
+from splatseg_ns.core.extract.masks import FolderMasks
+from splatseg_ns.core.extract.sam_masks import SamMaskConfig
+from splatseg_ns.core.io.images import InputFilesError
 from splatseg_ns.scenes.demo_scene import write_demo_scene
 from splatseg_ns.testing.tiny_models import build_tiny_clip, build_tiny_sam
 from splatseg_ns.tools.make_benchmark import deepest_pixel
@@ -220,7 +220,7 @@ def test_downscaled_image_folder(demo_scene, tmp_path):
 
 
 def test_clip_and_dino_ride_along_and_reach_the_gaussians(tmp_path, monkeypatch):
-    from splatseg_ns.core import clip_embeddings, dino_features
+    from splatseg_ns.core.extract import clip_embeddings, dino_features
 
     data = write_demo_scene(tmp_path / "scene", num_views=8, resolution=48)
     monkeypatch.setattr(clip_embeddings, "load_clip", lambda config, device="cpu": build_tiny_clip())

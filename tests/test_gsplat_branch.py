@@ -116,7 +116,7 @@ def _train_in_process(data: Path, output_dir: Path) -> Path:
 
 
 def test_training_clicking_viewing_and_exporting_through_gsplats_call(stand_in, tmp_path):
-    from splatseg_ns.core.ply import read_gaussians_ply
+    from splatseg_ns.core.io.ply import read_gaussians_ply
     from splatseg_ns.scenes.demo_scene import write_demo_scene
     from splatseg_ns.tools.export import export_selection
     from splatseg_ns.tools.make_benchmark import deepest_pixel, object_masks

@@ -24,6 +24,10 @@ LAYERS = [
     ("splatseg_ns.cli",),
 ]
 """Lowest first; a module may import from its own layer and the ones below."""
+CORE_ROOMS = ["splatseg_ns.core", "splatseg_ns.core.io", "splatseg_ns.core.render", "splatseg_ns.core.segment",
+              "splatseg_ns.core.extract", "splatseg_ns.core.export"]
+"""The core's rooms by the method's stages, lowest first (the foundation is core's own top-level modules); a core
+module may import from its own room and the ones before it."""
 ONLY_CORE = {"splatseg_ns.viewer"}
 """Glue that may use nothing of splatseg's but `core` (and nerfstudio's viewer API)."""
 
@@ -85,6 +89,12 @@ def cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return found
 
 
+def room_of(module: str) -> int:
+    """The rank of a core module's room in `CORE_ROOMS` (-1 outside core)."""
+    parent = module.rsplit(".", 1)[0] if module not in CORE_ROOMS else module
+    return CORE_ROOMS.index(parent) if parent in CORE_ROOMS else -1
+
+
 def violations(graph: Dict[str, Set[str]]) -> List[str]:
     problems = [" -> ".join(cycle) + ": an import cycle" for cycle in cycles(graph)]
     for module, deps in sorted(graph.items()):
@@ -95,6 +105,8 @@ def violations(graph: Dict[str, Set[str]]) -> List[str]:
                 continue
             if layer_of(dep) > layer_of(module):
                 problems.append(f"{module} imports {dep}, a layer above it")
+            if room_of(module) >= 0 and room_of(dep) > room_of(module):
+                problems.append(f"{module} imports {dep}, a core room after its own")
             if module in ONLY_CORE and layer_of(dep) not in (1, layer_of("splatseg_ns")) and dep != module:
                 problems.append(f"{module} imports {dep}: it may use only splatseg_ns.core")
     return problems
@@ -102,6 +114,19 @@ def violations(graph: Dict[str, Set[str]]) -> List[str]:
 
 def test_every_module_belongs_to_a_layer():
     assert [name for name in module_names() if layer_of(name) < 0] == []
+
+
+def test_every_core_module_is_in_a_room():
+    core = [name for name in module_names() if name.startswith("splatseg_ns.core")]
+    assert [name for name in core if room_of(name) < 0] == []
+    assert {name.rsplit(".", 1)[0] for name in core if name not in CORE_ROOMS} <= set(CORE_ROOMS)
+
+
+def test_no_relative_imports():
+    """Relative imports would hide dependencies from these checks (and from readers)."""
+    relative = [str(path) for path in module_names().values()
+                for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom) and node.level]
+    assert relative == []
 
 
 def test_imports_point_one_way_without_cycles():
@@ -115,10 +140,12 @@ def test_the_checks_catch_a_cycle_an_upward_import_and_nerfstudio_in_core():
         "splatseg_ns.tools.select": {"splatseg_ns.core.a"},
         "splatseg_ns.viewer": {"splatseg_ns.model", "splatseg_ns.core.a"},
         "splatseg_ns.model": set(),
+        "splatseg_ns.core.io.x": {"splatseg_ns.core.segment.y"},
     }
     found = violations(planted)
     assert any("an import cycle" in p and "splatseg_ns.core.a" in p for p in found)
     assert "splatseg_ns.core.b imports splatseg_ns.tools.select, a layer above it" in found
     assert "splatseg_ns.core.a imports nerfstudio.models: core must not depend on nerfstudio" in found
     assert "splatseg_ns.viewer imports splatseg_ns.model: it may use only splatseg_ns.core" in found
-    assert len(found) == 5  # two cycles: core.a <-> core.b, and core.a -> core.b -> tools.select -> core.a
+    assert "splatseg_ns.core.io.x imports splatseg_ns.core.segment.y, a core room after its own" in found
+    assert len(found) == 6  # two cycles: core.a <-> core.b, and core.a -> core.b -> tools.select -> core.a

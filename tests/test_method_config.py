@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import yaml
 from nerfstudio.engine.optimizers import Optimizers
 
-from splatseg_ns.core.masks import FolderMasks
+from splatseg_ns.core.extract.masks import FolderMasks
 from splatseg_ns.method_config import splatseg_trainer_config
 from splatseg_ns.model import SplatsegModel
 from tests.helpers import make_model

@@ -9,7 +9,7 @@ import torch
 from gsplat.strategy import ops
 from nerfstudio.engine.optimizers import Optimizers
 
-from splatseg_ns.core.losses import NonFiniteFeaturesError
+from splatseg_ns.core.segment.losses import NonFiniteFeaturesError
 from splatseg_ns.method_config import splatseg_trainer_config
 from splatseg_ns.model import SplatsegModel
 from tests.helpers import make_feature_stage_model, make_model
@@ -74,7 +74,7 @@ def test_features_survive_checkpoint_load():
 
 
 def test_resumed_model_pulls_towards_its_checkpointed_candidates():
-    from splatseg_ns.core.global_candidates import GlobalCandidates, two_level_gfl_loss
+    from splatseg_ns.core.segment.global_candidates import GlobalCandidates, two_level_gfl_loss
 
     model = make_model(num_points=30)
     coarse = torch.nn.functional.normalize(torch.randn(3, 12), dim=-1)
@@ -125,7 +125,7 @@ def test_feature_stage_renders_only_features_with_frozen_geometry():
 def test_feature_stage_loss_terms_and_gfl_once_candidates_exist():
     from nerfstudio.cameras.cameras import Cameras
 
-    from splatseg_ns.core.global_candidates import build_global_candidates
+    from splatseg_ns.core.segment.global_candidates import build_global_candidates
 
     model = make_model(num_points=80, feature_stage_start=0, num_downscales=0)
     model.config.gfl.start_step = 5

@@ -124,7 +124,7 @@ def test_ns_export_loads_the_run_with_modern_torch(trained_demo_run: Path, tmp_p
     import subprocess
     import sys
 
-    from splatseg_ns.core.ply import read_gaussians_ply
+    from splatseg_ns.core.io.ply import read_gaussians_ply
 
     ns_export = Path(sys.executable).parent / "ns-export"
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
@@ -166,11 +166,11 @@ def test_a_config_written_before_the_layout_change_still_loads():
     (`eval_setup`: yaml.load with yaml.Loader); this one was written by a run of the layout before issue 10."""
     import yaml
 
-    from splatseg_ns.core.clip_embeddings import ClipConfig
-    from splatseg_ns.core.dino_features import DinoConfig
-    from splatseg_ns.core.global_candidates import GFLConfig
-    from splatseg_ns.core.lifting import VoteConfig
-    from splatseg_ns.core.sam_masks import SamMaskConfig
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extract.dino_features import DinoConfig
+    from splatseg_ns.core.extract.sam_masks import SamMaskConfig
+    from splatseg_ns.core.segment.global_candidates import GFLConfig
+    from splatseg_ns.core.segment.lifting import VoteConfig
     from splatseg_ns.datamanager import SplatsegDataManager, SplatsegDataManagerConfig
 
     path = Path(__file__).parent / "data" / "config_before_layout.yml"

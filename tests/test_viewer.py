@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatseg_ns.core.selection import select_candidates
-from splatseg_ns.core.selection_file import read_selection
+from splatseg_ns.core.io.selection_file import read_selection
+from splatseg_ns.core.segment.selection import select_candidates
 from splatseg_ns.tools.export import export_selection
 from splatseg_ns.tools.make_benchmark import deepest_pixel, object_masks
 from splatseg_ns.tools.select import select_by_view_clicks

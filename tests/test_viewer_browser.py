@@ -269,8 +269,8 @@ def test_click_an_object_in_the_browser_then_show_save_and_export_it(viewer, tra
     result = subprocess.run([str(Path(sys.executable).parent / "splatseg"), *arguments[1:]], env=env,
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    from splatseg_ns.core.ply import read_gaussians_ply
-    from splatseg_ns.core.selection_file import read_selection
+    from splatseg_ns.core.io.ply import read_gaussians_ply
+    from splatseg_ns.core.io.selection_file import read_selection
 
     exported = read_gaussians_ply(output)
     assert 0 < len(exported["x"]) <= len(read_selection(selection).indices)

@@ -8,12 +8,12 @@ execute in the tests. The stand-in
   float32 tensors on one device, SH coefficients only with an `sh_degree`, the literal choices
   (`render_mode`, `rasterize_mode`, `camera_model`), `absgrad` not with `distributed`,
   `backgrounds` of shape [C, D];
-- computes the image with the project's own rasteriser (`core.rasterize`, gsplat's semantics) and
+- computes the image with the project's own rasteriser (`core.render.rasterize`, gsplat's semantics) and
   returns `info` with gsplat's keys, shapes and dtypes, the tile intersections included (gsplat's
   `isect_tiles` / `isect_offset_encode` rule), so the densification strategy reads what it reads
   on a GPU.
 
-Relies on torch, the installed gsplat's Python package (for its signature only) and `core.rasterize`.
+Relies on torch, the installed gsplat's Python package (for its signature only) and `core.render.rasterize`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor
 
-from splatseg_ns.core.rasterize import rasterize
+from splatseg_ns.core.render.rasterize import rasterize
 
 TENSOR_ARGUMENTS = ("means", "quats", "scales", "opacities", "colors", "viewmats", "Ks", "backgrounds", "covars")
 

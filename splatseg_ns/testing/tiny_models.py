@@ -4,7 +4,7 @@ No weights can be downloaded where the tests run, so the extractors are exercise
 models that have every module the real ones have (`sam_model_registry`'s, open_clip's CLIP) but
 a few thousand parameters: an automatic mask generation or a batch of crop embeddings takes well
 under a second on one CPU core. Their outputs are meaningless; their shapes and plumbing are real.
-(DINO needs no toy: `core.dino_features.load_dino(config, pretrained=False)` is small enough.)
+(DINO needs no toy: `core.extract.dino_features.load_dino(config, pretrained=False)` is small enough.)
 """
 
 from __future__ import annotations

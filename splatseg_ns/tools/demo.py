@@ -83,7 +83,7 @@ def showcase_selection(config: Path, data: Path, output_dir: Path, view: str = "
     import numpy as np
     from PIL import Image
 
-    from splatseg_ns.core.selection_file import write_selection
+    from splatseg_ns.core.io.selection_file import write_selection
     from splatseg_ns.tools.evaluate import render_selection_mask
     from splatseg_ns.tools.export import export_selection
     from splatseg_ns.tools.make_benchmark import deepest_pixel, object_masks

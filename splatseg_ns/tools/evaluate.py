@@ -25,9 +25,9 @@ import torch
 
 from splatseg_ns.core.features import LEVELS
 from splatseg_ns.core.files import parse_json, path_component
-from splatseg_ns.core.metrics import iou, mask_metrics, precision, recall, summarise
-from splatseg_ns.core.ply import read_gaussians_ply
-from splatseg_ns.core.selection_file import Selection, SelectionError
+from splatseg_ns.core.io.ply import read_gaussians_ply
+from splatseg_ns.core.io.selection_file import Selection, SelectionError
+from splatseg_ns.core.segment.metrics import iou, mask_metrics, precision, recall, summarise
 from splatseg_ns.tools.export import export_selection
 from splatseg_ns.tools.select import ClickOnNoSegment, select_by_view_clicks
 from splatseg_ns.trained_run import RunError, TrainedRun, View

@@ -1,8 +1,8 @@
 """`splatseg export`: a selection as a 3DGS PLY (or the scene without it), or every segment.
 
-The object export is `core.export.export_selection` (the viewer's "Export PLY" too): the PLY
+The object export is `core.export.writer.export_selection` (the viewer's "Export PLY" too): the PLY
 layout of `ns-export gaussian-splat`, weak members dropped unless `--keep-weak`. Segments come
-from the global candidates or from clustering position and feature (`core.segmentation`).
+from the global candidates or from clustering position and feature (`core.segment.segmentation`).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import List, Optional, Tuple
 import numpy as np
 import torch
 
-from splatseg_ns.core import export as core_export
+from splatseg_ns.core.export import writer as core_export
 from splatseg_ns.core.features import LEVELS, Level
 from splatseg_ns.core.files import atomic_write_json, read_json
-from splatseg_ns.core.ply import write_gaussians_ply, write_segments_ply
-from splatseg_ns.core.segmentation import segment_everything_by_candidates, segment_everything_by_clustering
-from splatseg_ns.core.selection_file import Selection
+from splatseg_ns.core.io.ply import write_gaussians_ply, write_segments_ply
+from splatseg_ns.core.io.selection_file import Selection
+from splatseg_ns.core.segment.segmentation import segment_everything_by_candidates, segment_everything_by_clustering
 from splatseg_ns.trained_run import TrainedRun
 
 

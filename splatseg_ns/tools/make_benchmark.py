@@ -23,9 +23,9 @@ from typing import Dict, List, Literal, Sequence, Union
 import numpy as np
 from PIL import Image
 
+from splatseg_ns.core.extract.masks import FolderMasks
 from splatseg_ns.core.files import parse_json, path_component
-from splatseg_ns.core.images import IMAGE_SUFFIXES, names_image
-from splatseg_ns.core.masks import FolderMasks
+from splatseg_ns.core.io.images import IMAGE_SUFFIXES, names_image
 from splatseg_ns.tools.checks import InputError
 
 Source = Literal["coarse", "fine", "alpha"]

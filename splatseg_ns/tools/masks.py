@@ -1,7 +1,7 @@
 """`splatseg masks`: precompute the per-image cache (SAM masks; CLIP embeddings, DINO features) outside training.
 
-The same cache `ns-train splatseg` fills on first use (`core.extraction.extract_all` with the
-`core.extractors`), so a big scene can be extracted ahead of time, on n GPUs or machines at once
+The same cache `ns-train splatseg` fills on first use (`core.extract.extraction.extract_all` with the
+`core.extract.extractors`), so a big scene can be extracted ahead of time, on n GPUs or machines at once
 (`--shard i/n`), and training then only reads it.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.extraction import ExtractionSummary, Runner, extract_all
-from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
-from splatseg_ns.core.images import IMAGE_SUFFIXES, InputFilesError
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.extraction import ExtractionSummary, Runner, extract_all
+from splatseg_ns.core.extract.extractors import clip_extractor, dino_extractor, sam_extractor
+from splatseg_ns.core.io.images import IMAGE_SUFFIXES, InputFilesError
 
 
 def dataset_images(data: Path) -> List[Path]:

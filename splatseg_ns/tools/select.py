@@ -1,15 +1,15 @@
 """`splatseg select`: Gaussians by clicks on a view, or by name.
 
 A click picks the candidate that the Gaussians blended at its pixel carry most weight for
-(`core.contributors`, computed for that one pixel, no render), leaving out the Gaussians that
+(`core.render.contributors`, computed for that one pixel, no render), leaving out the Gaussians that
 belong to no candidate, so a floater in front of an object cannot steal the click; a name picks
 the candidate whose masks' CLIP embeddings match it best. Positive clicks add candidates,
 negative ones remove them (a candidate hit by both is split by which click each of its Gaussians
-is closer to); `core.selection.select_clicked` is the rule, the one the viewer uses too.
+is closer to); `core.segment.selection.select_clicked` is the rule, the one the viewer uses too.
 
 Masks of one object in some views (`--masks DIR`, e.g. from a text-prompted detector) select it
 without any feature: every Gaussian votes with its rendered weight inside and outside them
-(FlashSplat's lifting, `core.lifting`), on a splatseg or a plain splatfacto run. The result is a
+(FlashSplat's lifting, `core.segment.lifting`), on a splatseg or a plain splatfacto run. The result is a
 selection file for `splatseg export`.
 """
 
@@ -20,13 +20,19 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
-from splatseg_ns.core.clip_embeddings import clip_text_encoder
-from splatseg_ns.core.contributors import PixelContributors, click_candidate
+from splatseg_ns.core.extract.clip_embeddings import clip_text_encoder
 from splatseg_ns.core.features import Level
-from splatseg_ns.core.images import IMAGE_SUFFIXES
-from splatseg_ns.core.lifting import tally_votes
-from splatseg_ns.core.selection import MIN_CLICK_OPACITY, ClickIndex, select_by_text, select_clicked, select_prompts
-from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
+from splatseg_ns.core.io.images import IMAGE_SUFFIXES
+from splatseg_ns.core.io.selection_file import MASK_LEVEL, Selection
+from splatseg_ns.core.render.contributors import PixelContributors, click_candidate
+from splatseg_ns.core.segment.lifting import tally_votes
+from splatseg_ns.core.segment.selection import (
+    MIN_CLICK_OPACITY,
+    ClickIndex,
+    select_by_text,
+    select_clicked,
+    select_prompts,
+)
 from splatseg_ns.trained_run import RunError, TrainedRun, View
 
 Pixel = Tuple[float, float]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splatseg_ns.core import cache as cache_mod
-from splatseg_ns.core.cache import CachedMasks, CacheMissError, FeatureCache, OtherDatasetError
-from splatseg_ns.core.extraction import extract_all
-from splatseg_ns.core.extractors import Extractor
-from splatseg_ns.core.masks import MaskError
+from splatseg_ns.core.extract import cache as cache_mod
+from splatseg_ns.core.extract.cache import CachedMasks, CacheMissError, FeatureCache, OtherDatasetError
+from splatseg_ns.core.extract.extraction import extract_all
+from splatseg_ns.core.extract.extractors import Extractor
+from splatseg_ns.core.extract.masks import MaskError
 from tests.helpers import Counting, FakeMasks, hits, write_images
 
 

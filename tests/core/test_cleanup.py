@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from splatseg_ns.core.cleanup import clean_selection
+from splatseg_ns.core.export.cleanup import clean_selection
 
 
 def object_with_floaters(seed: int = 0):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from splatseg_ns.core.clip_embeddings import (
+from splatseg_ns.core.extract.clip_embeddings import (
     ClipConfig,
     ClipMaskEmbeddings,
     encode_masks,
@@ -16,7 +16,7 @@ from splatseg_ns.core.clip_embeddings import (
     load_clip,
     mask_crops,
 )
-from splatseg_ns.core.weights import WeightsError
+from splatseg_ns.core.io.weights import WeightsError
 from splatseg_ns.testing.tiny_models import TINY_CLIP_CONFIG, build_tiny_clip
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splatseg_ns.core.contributors import GaussianGrid, click_candidate, pixel_contributors
-from splatseg_ns.core.lifting import one_hot_labels, rendered_weights
-from splatseg_ns.core.rasterize import rasterize
+from splatseg_ns.core.render.contributors import GaussianGrid, click_candidate, pixel_contributors
+from splatseg_ns.core.render.rasterize import rasterize
+from splatseg_ns.core.segment.lifting import one_hot_labels, rendered_weights
 from tests.helpers import make_scene
 
 

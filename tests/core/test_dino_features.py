@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from splatseg_ns.core.dino_features import (
+from splatseg_ns.core.extract.dino_features import (
     DinoConfig,
     DinoFeatures,
     apply_pca,
@@ -15,7 +15,7 @@ from splatseg_ns.core.dino_features import (
     input_size,
     load_dino,
 )
-from splatseg_ns.core.weights import WeightsError
+from splatseg_ns.core.io.weights import WeightsError
 
 
 def scene_image(seed, h=40, w=56):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from splatseg_ns.core.display import fit_feature_pca, pca_colours
+from splatseg_ns.core.render.display import fit_feature_pca, pca_colours
 
 
 def test_feature_pca_projection_is_fixed():

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from splatseg_ns.core import extractors as extractors_mod
 from splatseg_ns.core import files as files_mod
-from splatseg_ns.core.cache import CacheMissError, FeatureCache
-from splatseg_ns.core.extraction import extract_all, shard_images
-from splatseg_ns.core.extractors import folder_extractor
-from splatseg_ns.core.images import ImageReadError, InputFilesError, load_image
-from splatseg_ns.core.masks import MaskError
-from splatseg_ns.core.weights import WeightsError
+from splatseg_ns.core.extract import extractors as extractors_mod
+from splatseg_ns.core.extract.cache import CacheMissError, FeatureCache
+from splatseg_ns.core.extract.extraction import extract_all, shard_images
+from splatseg_ns.core.extract.extractors import folder_extractor
+from splatseg_ns.core.extract.masks import MaskError
+from splatseg_ns.core.io.images import ImageReadError, InputFilesError, load_image
+from splatseg_ns.core.io.weights import WeightsError
 from splatseg_ns.testing.tiny_models import build_tiny_clip
 from tests.helpers import Counting, FakeMasks, hits, truncate, write_folder_masks, write_images
 
@@ -122,7 +122,7 @@ def test_interrupted_write_is_detected_redone_and_finished_entries_kept(dataset,
 
 def test_offline_checkpoint_error_keeps_the_entries_already_computed(tmp_path, offline):
     """SAM, DINO and CLIP messages themselves: test_sam_masks, test_dino_clip; this one: nothing is lost."""
-    from splatseg_ns.core.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig
 
     root = tmp_path / "scene"
     images = write_images(root, n=3, size=(40, 48))

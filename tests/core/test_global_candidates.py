@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.global_candidates import (
+from splatseg_ns.core.segment.global_candidates import (
     GFLConfig,
     GlobalCandidates,
     LevelCandidates,
@@ -21,7 +21,7 @@ from splatseg_ns.core.global_candidates import (
     min_cluster_size_for,
     two_level_gfl_loss,
 )
-from splatseg_ns.core.losses import NonFiniteFeaturesError
+from splatseg_ns.core.segment.losses import NonFiniteFeaturesError
 from tests.helpers import make_feature_stage_model
 
 
@@ -256,7 +256,7 @@ def test_two_level_loss_uses_coarse_channels_for_coarse_candidates():
 
 
 def test_candidate_embeddings_average_their_masks_embeddings():
-    from splatseg_ns.core.global_candidates import LevelCandidates, candidate_embeddings
+    from splatseg_ns.core.segment.global_candidates import LevelCandidates, candidate_embeddings
 
     # two views; candidate 0 gathers (view 0, id 3) and (view 1, id 1); candidate 1 gathers (view 0, id 5)
     level = LevelCandidates(
@@ -276,7 +276,7 @@ def test_candidate_embeddings_average_their_masks_embeddings():
 
 
 def test_near_copies_of_one_cluster_merge_and_distinct_ones_stay():
-    from splatseg_ns.core.global_candidates import merge_close_clusters
+    from splatseg_ns.core.segment.global_candidates import merge_close_clusters
 
     gen = torch.Generator().manual_seed(3)
     a, b = F.normalize(torch.randn(2, 8, generator=gen), dim=-1)
@@ -289,7 +289,7 @@ def test_near_copies_of_one_cluster_merge_and_distinct_ones_stay():
 
 
 def test_close_clusters_whose_masks_share_views_are_two_parts_and_stay_apart():
-    from splatseg_ns.core.global_candidates import merge_close_clusters
+    from splatseg_ns.core.segment.global_candidates import merge_close_clusters
 
     gen = torch.Generator().manual_seed(3)
     a = F.normalize(torch.randn(8, generator=gen), dim=0)

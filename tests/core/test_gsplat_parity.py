@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from splatseg_ns.core.rasterize import rasterize
+from splatseg_ns.core.render.rasterize import rasterize
 from tests.helpers import make_scene
 
 

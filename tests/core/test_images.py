@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from splatseg_ns.core.images import ImageReadError, InputFilesError, check_images_readable, load_image
+from splatseg_ns.core.io.images import ImageReadError, InputFilesError, check_images_readable, load_image
 from tests.helpers import truncate, write_images
 
 

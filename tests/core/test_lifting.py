@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from splatseg_ns.core.lifting import (
+from splatseg_ns.core.render.rasterize import rasterize
+from splatseg_ns.core.segment.lifting import (
     IGNORE,
     VoteConfig,
     cast_votes,
@@ -14,7 +15,6 @@ from splatseg_ns.core.lifting import (
     rendered_weights,
     tally_votes,
 )
-from splatseg_ns.core.rasterize import rasterize
 
 
 def two_gaussians_one_behind_the_other():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.losses import (
+from splatseg_ns.core.segment.losses import (
     NonFiniteFeaturesError,
     check_finite_features,
     contrastive_level_loss,

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from splatseg_ns.core.masks import FolderMasks, MaskError, read_instance_map, undistort_instance_map, undistort_pixels
+from splatseg_ns.core.extract.masks import (
+    FolderMasks,
+    MaskError,
+    read_instance_map,
+    undistort_instance_map,
+    undistort_pixels,
+)
 from tests.helpers import save_mask, write_folder_masks
 
 
@@ -105,7 +111,7 @@ def test_undistortion_keeps_ids_exact_and_matches_the_image_remap():
 
 
 def test_views_with_equal_names_in_different_folders(tmp_path):
-    from splatseg_ns.core.images import names_image
+    from splatseg_ns.core.io.images import names_image
     from splatseg_ns.tools.make_benchmark import find_image
 
     for split in ("train", "test"):

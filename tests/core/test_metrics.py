@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.ndimage import binary_erosion
 
-from splatseg_ns.core.metrics import accuracy, boundary_iou, iou, mask_boundary, mask_metrics, summarise
+from splatseg_ns.core.segment.metrics import accuracy, boundary_iou, iou, mask_boundary, mask_metrics, summarise
 
 
 def square(h: int, w: int, top: int, left: int, size: int) -> np.ndarray:

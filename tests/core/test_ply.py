@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from splatseg_ns.core import files as files_mod
-from splatseg_ns.core.ply import (
+from splatseg_ns.core.io.ply import (
     SH_C0,
     ply_property_names,
     read_gaussians_ply,

@@ -1,4 +1,4 @@
-"""Tests for splatseg_ns.core.rasterize, the pure-torch stand-in for gsplat.rasterization.
+"""Tests for splatseg_ns.core.render.rasterize, the pure-torch stand-in for gsplat.rasterization.
 
 The yardstick is a dense reference written here from gsplat's documented semantics:
 every Gaussian is evaluated at every pixel (no tiles, no padding, no custom backward),
@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core import rasterize as R
-from splatseg_ns.core.rasterize import rasterize
+from splatseg_ns.core.render import rasterize as R
+from splatseg_ns.core.render.rasterize import rasterize
 from tests.helpers import make_scene
 
 GRAD_NAMES = ("means", "quats", "scales", "opacities", "colors")

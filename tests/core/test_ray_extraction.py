@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.extraction import extract_all
-from splatseg_ns.core.extractors import Extractor
-from splatseg_ns.core.images import InputFilesError
-from splatseg_ns.core.ray_extraction import RayOptions, RaySetupError, connect, ray_runner, worker_plan
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.extraction import extract_all
+from splatseg_ns.core.extract.extractors import Extractor
+from splatseg_ns.core.extract.ray_extraction import RayOptions, RaySetupError, connect, ray_runner, worker_plan
+from splatseg_ns.core.io.images import InputFilesError
 from tests.helpers import truncate, write_images
 
 ray = pytest.importorskip("ray", reason="the Ray extra: scripts/setup.sh installs it")
@@ -39,10 +39,10 @@ def real_extractors():
     """SAM masks, DINO features (PCA fit by the driver) and CLIP embeddings of the masks, tiny random models."""
     import torch
 
-    from splatseg_ns.core.clip_embeddings import ClipConfig
-    from splatseg_ns.core.dino_features import DinoConfig, load_dino
-    from splatseg_ns.core.extractors import clip_extractor, dino_extractor, sam_extractor
-    from splatseg_ns.core.sam_masks import SamMaskConfig
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig
+    from splatseg_ns.core.extract.dino_features import DinoConfig, load_dino
+    from splatseg_ns.core.extract.extractors import clip_extractor, dino_extractor, sam_extractor
+    from splatseg_ns.core.extract.sam_masks import SamMaskConfig
     from splatseg_ns.testing.tiny_models import build_tiny_clip, build_tiny_sam
 
     torch.manual_seed(0)  # the random DINO weights: the same models for both paths
@@ -158,8 +158,8 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.core.test_ray_extraction import _counting_extractor
-from splatseg_ns.core.extraction import extract_all
-from splatseg_ns.core.ray_extraction import RayOptions, ray_runner
+from splatseg_ns.core.extract.extraction import extract_all
+from splatseg_ns.core.extract.ray_extraction import RayOptions, ray_runner
 images = sorted(Path({scene!r}, "images").glob("*.png"))
 try:
     extract_all(images, [_counting_extractor(Path({markers!r}), sleep=0.4)], data_dir=Path({scene!r}),

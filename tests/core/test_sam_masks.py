@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from splatseg_ns.core import weights as weights_mod
-from splatseg_ns.core.sam_masks import SamMaskConfig, SamMasks, load_sam, two_level_maps
-from splatseg_ns.core.weights import WeightsError
+from splatseg_ns.core.extract.sam_masks import SamMaskConfig, SamMasks, load_sam, two_level_maps
+from splatseg_ns.core.io import weights as weights_mod
+from splatseg_ns.core.io.weights import WeightsError
 from splatseg_ns.testing.tiny_models import build_tiny_sam
 
 

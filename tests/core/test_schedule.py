@@ -1,8 +1,8 @@
 """The feature stage's schedule: which steps rebuild the candidates, cast the votes, check the features."""
 
-from splatseg_ns.core.global_candidates import GFLConfig
-from splatseg_ns.core.lifting import VoteConfig
-from splatseg_ns.core.schedule import FeatureSchedule
+from splatseg_ns.core.segment.global_candidates import GFLConfig
+from splatseg_ns.core.segment.lifting import VoteConfig
+from splatseg_ns.core.segment.schedule import FeatureSchedule
 
 
 def steps(schedule, decide, last=30):

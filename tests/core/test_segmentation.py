@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splatseg_ns.core.segmentation import segment_everything_by_candidates, segment_everything_by_clustering
+from splatseg_ns.core.segment.segmentation import segment_everything_by_candidates, segment_everything_by_clustering
 
 
 def orthogonal_centers(k: int, dim: int, seed: int = 0) -> torch.Tensor:

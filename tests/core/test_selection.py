@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from splatseg_ns.core.features import level_features
-from splatseg_ns.core.losses import NonFiniteFeaturesError
-from splatseg_ns.core.segmentation import segment_everything_by_clustering
-from splatseg_ns.core.selection import (
+from splatseg_ns.core.segment.losses import NonFiniteFeaturesError
+from splatseg_ns.core.segment.segmentation import segment_everything_by_clustering
+from splatseg_ns.core.segment.selection import (
     ClickIndex,
     precompute_assignment,
     precompute_click_index,
@@ -382,8 +382,8 @@ def test_selection_and_clustering_refuse_nan_features():
 def test_select_clicked_takes_each_clicks_candidate_from_its_pixels_gaussians():
     """A floater of candidate 2 nearest the camera but light, behind it candidate 0's Gaussians: the click picks
     0 (most weight), and a negative click on candidate 0 elsewhere removes it again."""
-    from splatseg_ns.core.contributors import PixelContributors
-    from splatseg_ns.core.selection import ClickIndex, select_clicked
+    from splatseg_ns.core.render.contributors import PixelContributors
+    from splatseg_ns.core.segment.selection import ClickIndex, select_clicked
 
     assignment = torch.tensor([2, 0, 0, 1, 1, -1])
     centers = torch.nn.functional.normalize(torch.eye(3, 12), dim=-1)

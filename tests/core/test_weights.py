@@ -6,8 +6,8 @@ import urllib.error
 
 import pytest
 
-from splatseg_ns.core import weights as weights_mod
-from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
+from splatseg_ns.core.io import weights as weights_mod
+from splatseg_ns.core.io.weights import WeightsError, resolve_checkpoint
 
 
 def test_checkpoints_download_once_into_the_weights_folder(tmp_path, monkeypatch):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from splatseg_ns.core.ply import read_gaussians_ply
-from splatseg_ns.core.selection_file import read_selection
+from splatseg_ns.core.io.ply import read_gaussians_ply
+from splatseg_ns.core.io.selection_file import read_selection
 
 
 def test_demo_showcase_selects_exports_and_draws(trained_demo_run, demo_scene, tmp_path):

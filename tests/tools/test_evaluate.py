@@ -42,7 +42,7 @@ def test_a_click_on_gaussians_of_no_segment_scores_as_selecting_nothing(run, dem
 
 
 def test_eval_scores_a_selection_made_another_way_than_by_the_clicks(run, demo_scene, tmp_path):
-    from splatseg_ns.core.selection_file import MASK_LEVEL, Selection
+    from splatseg_ns.core.io.selection_file import MASK_LEVEL, Selection
 
     prompts = write_benchmark(demo_scene, tmp_path / "bench", "coarse", VIEW, ["frame_00004.png"])
     everything = Selection(str(run.config_path), run.fingerprint, MASK_LEVEL, list(range(run.model.num_points)))

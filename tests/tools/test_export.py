@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from splatseg_ns.core.ply import ply_property_names, read_gaussians_ply
-from splatseg_ns.core.selection_file import (
+from splatseg_ns.core.io.ply import ply_property_names, read_gaussians_ply
+from splatseg_ns.core.io.selection_file import (
     Selection,
     SelectionError,
     check_selection_matches,

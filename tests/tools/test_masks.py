@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.dino_features import load_dino as real_load_dino
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.dino_features import load_dino as real_load_dino
 from splatseg_ns.testing.tiny_models import build_tiny_clip, build_tiny_sam
 from splatseg_ns.tools.masks import run_masks
 from tests.helpers import write_images
@@ -17,7 +17,7 @@ _DINO = {}
 
 def dino_model_small():
     """The real DINO ViT-S/8 architecture with random weights (built once)."""
-    from splatseg_ns.core.dino_features import DinoConfig
+    from splatseg_ns.core.extract.dino_features import DinoConfig
 
     if "model" not in _DINO:
         _DINO["model"] = real_load_dino(DinoConfig(), pretrained=False)
@@ -26,9 +26,9 @@ def dino_model_small():
 
 def test_masks_command_end_to_end_with_tiny_models(tmp_path, monkeypatch):
     """`run_masks` (splatseg masks) with the real extractors, their models swapped for tiny random ones."""
-    import splatseg_ns.core.clip_embeddings as clip_mod
-    import splatseg_ns.core.dino_features as dino_mod
-    import splatseg_ns.core.sam_masks as sam_mod
+    import splatseg_ns.core.extract.clip_embeddings as clip_mod
+    import splatseg_ns.core.extract.dino_features as dino_mod
+    import splatseg_ns.core.extract.sam_masks as sam_mod
 
     root = tmp_path / "scene"
     images = write_images(root, n=3, size=(40, 48))

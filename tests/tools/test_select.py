@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from splatseg_ns.core.metrics import iou
+from splatseg_ns.core.segment.metrics import iou
 from splatseg_ns.tools.select import select_by_view_clicks
 from splatseg_ns.trained_run import RunError
 from tests.helpers import VIEW
@@ -46,7 +46,7 @@ def test_text_query_picks_the_candidate_whose_masks_match(run):
 
 
 def test_click_on_background_names_the_view_and_says_to_click_an_object():
-    from splatseg_ns.core.contributors import PixelContributors
+    from splatseg_ns.core.render.contributors import PixelContributors
     from splatseg_ns.tools.select import check_click_hits
     from splatseg_ns.trained_run import RunError, TrainedRun, View
 

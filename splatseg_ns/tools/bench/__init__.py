@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.selection import rank_candidates_by_text
+from splatseg_ns.core.segment.selection import rank_candidates_by_text
 from splatseg_ns.tools.bench.measures import (
     export_timings,
     pixel_click_timings,

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.contributors import GaussianGrid, click_candidate, pixel_contributors
-from splatseg_ns.core.ply import write_gaussians_ply
-from splatseg_ns.core.rasterize import rasterize as torch_rasterize
-from splatseg_ns.core.selection import precompute_click_index
+from splatseg_ns.core.io.ply import write_gaussians_ply
+from splatseg_ns.core.render.contributors import GaussianGrid, click_candidate, pixel_contributors
+from splatseg_ns.core.render.rasterize import rasterize as torch_rasterize
+from splatseg_ns.core.segment.selection import precompute_click_index
 from splatseg_ns.tools.bench.synthetic import FEATURE_NOISE, SH_REST_BASES, synthetic_scene
 from splatseg_ns.tools.bench.timing import Timer, torch_threads
 

@@ -17,8 +17,8 @@ from typing import Tuple
 import torch
 import torch.nn.functional as F
 
+from splatseg_ns.core.io.ply import SH_C0
 from splatseg_ns.core.pca import principal_axes
-from splatseg_ns.core.ply import SH_C0
 
 HIGHLIGHT_COLOUR = (1.0, 0.3, 0.05)
 HIGHLIGHT_STRENGTH = 0.6

@@ -29,7 +29,13 @@ from typing import Optional, Tuple
 
 import torch
 
-from splatseg_ns.core.rasterize import ALPHA_MAX, ALPHA_MIN, TRANSMITTANCE_MIN, project_gaussians, quat_scale_to_covar
+from splatseg_ns.core.render.rasterize import (
+    ALPHA_MAX,
+    ALPHA_MIN,
+    TRANSMITTANCE_MIN,
+    project_gaussians,
+    quat_scale_to_covar,
+)
 
 TILE_SIZE = 16
 """gsplat's tile: a Gaussian reaches every pixel of the tiles its 3-sigma box overlaps."""

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from splatseg_ns.core.features import LEVELS
-from splatseg_ns.core.images import same_aspect
+from splatseg_ns.core.io.images import same_aspect
 
 MASK_SUFFIXES = (".png", ".tif", ".tiff")
 

@@ -1,7 +1,7 @@
 """What each level (coarse: whole objects, fine: parts) keeps with a trained model, in one place per level.
 
 A level's global candidates (their centres, and their CLIP embeddings for text queries) and every
-Gaussian's vote for one of them (label and vote share, `core.lifting`). Each level is a small module whose
+Gaussian's vote for one of them (label and vote share, `core.segment.lifting`). Each level is a small module whose
 tensors are buffers, so they ride in checkpoints (`levels.<level>.<name>` in the state dict) while their
 sizes change from run to run; `upgrade_state_dict` renames the flat keys of checkpoints written before
 (`candidate_centers_coarse`, ...), so older runs still load.

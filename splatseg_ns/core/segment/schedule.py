@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from splatseg_ns.core.global_candidates import GFLConfig
-from splatseg_ns.core.lifting import VoteConfig
+from splatseg_ns.core.segment.global_candidates import GFLConfig
+from splatseg_ns.core.segment.lifting import VoteConfig
 
 
 @dataclass(frozen=True)

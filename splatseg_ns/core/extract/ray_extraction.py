@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Sequence, Tuple
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.extraction import (
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.extraction import (
     BAD_INPUT_ERRORS,
     ExtractionSummary,
     ImageJob,
@@ -32,8 +32,8 @@ from splatseg_ns.core.extraction import (
     plan_image,
     store_product,
 )
-from splatseg_ns.core.extractors import Extractor
-from splatseg_ns.core.images import load_image
+from splatseg_ns.core.extract.extractors import Extractor
+from splatseg_ns.core.io.images import load_image
 
 INSTALL_HINT = "pip install 'splatseg[ray]' (or pip install 'ray>=2.9')"
 

@@ -20,8 +20,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.images import resize_nearest
-from splatseg_ns.core.weights import WeightsError, resolve_checkpoint
+from splatseg_ns.core.io.images import resize_nearest
+from splatseg_ns.core.io.weights import WeightsError, resolve_checkpoint
 
 FLAG_PREFIX = "--[pipeline.datamanager.]clip-config."  # splatseg masks / ns-train
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -37,7 +37,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from splatseg_ns.core.files import atomic_write, atomic_write_json, file_sha1, npz_bytes, read_json, settings_hash
-from splatseg_ns.core.images import resize_nearest, same_aspect
+from splatseg_ns.core.io.images import resize_nearest, same_aspect
 
 CACHE_FOLDER = "splatseg_cache"
 FORMAT_VERSION = 1
@@ -250,7 +250,7 @@ class FeatureCache:
         arrays = self.read(MASKS, image_path)
         coarse, fine = arrays["coarse"].astype(np.int32), arrays["fine"].astype(np.int32)
         if image_hw is not None and coarse.shape != tuple(image_hw):
-            from splatseg_ns.core.masks import MaskError
+            from splatseg_ns.core.extract.masks import MaskError
 
             h, w = image_hw
             mh, mw = coarse.shape

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.losses import check_finite_features
 from splatseg_ns.core.pca import principal_axes
+from splatseg_ns.core.segment.losses import check_finite_features
 
 
 @torch.no_grad()

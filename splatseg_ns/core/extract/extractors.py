@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from splatseg_ns.core.cache import CLIP, DINO, MASKS
+from splatseg_ns.core.extract.cache import CLIP, DINO, MASKS
 from splatseg_ns.core.files import atomic_write, atomic_write_json, file_sha1, npz_bytes, read_json, settings_hash
-from splatseg_ns.core.images import load_image
+from splatseg_ns.core.io.images import load_image
 
 if TYPE_CHECKING:
-    from splatseg_ns.core.cache import FeatureCache
+    from splatseg_ns.core.extract.cache import FeatureCache
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Extractor:
 
 def sam_extractor(sam_config=None, device: str = "cpu", model=None) -> Extractor:
     """SAM automatic masks -> coarse/fine uint16 maps (model loaded on first miss)."""
-    from splatseg_ns.core.sam_masks import SamMaskConfig, SamMasks
+    from splatseg_ns.core.extract.sam_masks import SamMaskConfig, SamMasks
 
     sam = SamMasks(sam_config or SamMaskConfig(), device=device, model=model)
 
@@ -70,7 +70,7 @@ def sam_extractor(sam_config=None, device: str = "cpu", model=None) -> Extractor
 
 def folder_extractor(mask_dir: Path) -> Extractor:
     """The user's own masks (`mask_dir/coarse|fine/<stem>.png`) as the masks product, so CLIP can embed them."""
-    from splatseg_ns.core.masks import FolderMasks
+    from splatseg_ns.core.extract.masks import FolderMasks
 
     folder = FolderMasks(Path(mask_dir))
 
@@ -95,7 +95,7 @@ def dino_extractor(dino_config=None, device: str = "cpu", model=None) -> Extract
     wins and entries reduced with the other go stale (a rerun fixes them): run one shard first
     to avoid that.
     """
-    from splatseg_ns.core.dino_features import DinoConfig, DinoFeatures
+    from splatseg_ns.core.extract.dino_features import DinoConfig, DinoFeatures
 
     dino = DinoFeatures(dino_config or DinoConfig(), device=device, model=model)
     settings = dino.settings
@@ -126,7 +126,7 @@ def dino_extractor(dino_config=None, device: str = "cpu", model=None) -> Extract
 
 def clip_extractor(clip_config=None, device: str = "cpu", model=None, tokenizer=None) -> Extractor:
     """CLIP embeddings of each coarse and fine mask of the cached masks."""
-    from splatseg_ns.core.clip_embeddings import ClipConfig, ClipMaskEmbeddings
+    from splatseg_ns.core.extract.clip_embeddings import ClipConfig, ClipMaskEmbeddings
 
     clip = ClipMaskEmbeddings(clip_config or ClipConfig(), device=device, model=model, tokenizer=tokenizer)
 

@@ -2,9 +2,9 @@
 
 A click names a global candidate of the chosen level, and the object is the set of Gaussians assigned
 to it. Which candidate: the one the clicked pixel's Gaussians carry most weight for, when the caller
-found them (`core.contributors.click_candidate`, the tools and the viewer do); else, as in
+found them (`core.render.contributors.click_candidate`, the tools and the viewer do); else, as in
 Click-Gaussian (arXiv 2407.11793, Sec. 3.4), the nearest candidate to the pixel's rendered feature.
-The assignment is every Gaussian's label: its vote (`core.lifting`) when the run has votes, else its
+The assignment is every Gaussian's label: its vote (`core.segment.lifting`) when the run has votes, else its
 nearest candidate in feature space (`precompute_click_index`); it does not depend on the click, so it
 is built once per level, and a click is then one small matmul and one table lookup over the
 assignment (`ClickIndex.select`), about as fast as a single `assignment == k` pass and with no host
@@ -24,9 +24,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from splatseg_ns.core.contributors import PixelContributors, click_candidate
-from splatseg_ns.core.global_candidates import assign_to_candidates
-from splatseg_ns.core.losses import check_finite_features
+from splatseg_ns.core.render.contributors import PixelContributors, click_candidate
+from splatseg_ns.core.segment.global_candidates import assign_to_candidates
+from splatseg_ns.core.segment.losses import check_finite_features
 
 CHUNK = 1 << 18
 MIN_CLICK_OPACITY = 0.5
@@ -337,7 +337,7 @@ def select_clicked(
     named: Optional[torch.Tensor] = None,
     threshold: Optional[float] = None,
 ) -> torch.Tensor:
-    """bool [N]: what clicks, each given as the Gaussians blended at its pixel (`core.contributors`), and a name
+    """bool [N]: what clicks, each given as the Gaussians blended at its pixel (`core.render.contributors`), and a name
     select at one level: each click's candidate is the one its Gaussians carry most weight for, its feature is
     what they blend, and `select_prompts` combines them. The one rule of `splatseg select` and the viewer."""
     clicks = [*positive, *negative]

@@ -17,10 +17,10 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 
-from splatseg_ns.core.cache import FeatureCache
-from splatseg_ns.core.extractors import Extractor
-from splatseg_ns.core.images import ImageReadError, InputFilesError, count, list_errors, load_image
-from splatseg_ns.core.masks import MaskError
+from splatseg_ns.core.extract.cache import FeatureCache
+from splatseg_ns.core.extract.extractors import Extractor
+from splatseg_ns.core.extract.masks import MaskError
+from splatseg_ns.core.io.images import ImageReadError, InputFilesError, count, list_errors, load_image
 
 BAD_INPUT_ERRORS = (ImageReadError, MaskError)
 """Errors that blame one input file (an unreadable image, a missing or bad mask) and leave the others usable."""
@@ -136,7 +136,7 @@ def extract_all(
         overwrite_other_dataset: reuse a cache folder that holds another dataset's products.
         runner: what computes the shard's images, `runner(cache, images, extractors, summary, progress)
             -> the bad input files met`; default: this process, one image after another
-            (`core.ray_extraction.ray_runner`: a Ray cluster's workers).
+            (`core.extract.ray_extraction.ray_runner`: a Ray cluster's workers).
 
     Raises `InputFilesError` after the loop when some images could not be read or had bad masks
     (every other image is stored first), `OtherDatasetError` before it starts.

@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.images import resize_nearest
-from splatseg_ns.core.weights import WeightsError, read_state_dict, resolve_checkpoint
+from splatseg_ns.core.io.images import resize_nearest
+from splatseg_ns.core.io.weights import WeightsError, read_state_dict, resolve_checkpoint
 
 # Official checkpoints (segment-anything README).
 SAM_CHECKPOINT_URLS = {

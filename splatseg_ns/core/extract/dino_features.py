@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from splatseg_ns.core.weights import WeightsError, read_state_dict, resolve_checkpoint
+from splatseg_ns.core.io.weights import WeightsError, read_state_dict, resolve_checkpoint
 
 FLAG_PREFIX = "--[pipeline.datamanager.]dino-config."  # splatseg masks / ns-train
 # DINO backbones timm 0.6.7 knows, by (width, patch size): to name the right one for a checkpoint.

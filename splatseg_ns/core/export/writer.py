@@ -14,9 +14,9 @@ from typing import Callable, Dict, Mapping, Optional
 import numpy as np
 import torch
 
-from splatseg_ns.core.cleanup import clean_selection
-from splatseg_ns.core.ply import SH_C0, write_gaussians_ply
-from splatseg_ns.core.selection_file import Selection, SelectionError, check_selection_matches
+from splatseg_ns.core.export.cleanup import clean_selection
+from splatseg_ns.core.io.ply import SH_C0, write_gaussians_ply
+from splatseg_ns.core.io.selection_file import Selection, SelectionError, check_selection_matches
 
 GAUSSIAN_PARAMS = ("means", "scales", "quats", "opacities", "features_dc", "features_rest")
 
