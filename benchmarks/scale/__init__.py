@@ -1,0 +1,1 @@
+"""The parts of `bench_scale.py`, one job each (run that script, not these)."""
