@@ -99,7 +99,7 @@ def prepare_extraction(
     if not isinstance(cache, FeatureCache):
         if data_dir is None:
             if cache is None:
-                raise ValueError("give data_dir or cache_dir")
+                raise ValueError("give data_dir or cache (a FeatureCache or its folder)")
             data_dir = Path(cache).resolve().parent
         cache = FeatureCache(data_dir, cache)
     ordered = _dependency_order(products)

@@ -179,11 +179,9 @@ def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tenso
     views: per training view (render, rendered features [H, W, D], {level: instance map [h, w]});
     centers: {level: [K_l, D_l]} the global candidates. Each view's masks map to candidates
     (`mask_labels`) and both levels' weights come from one pass (`rendered_weights`)."""
-    totals: Dict[str, torch.Tensor] = {}
+    totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1, device=centers[level].device)
+              for level in LEVELS}  # column K: unmasked pixels
     for render, features, masks in views:
-        if not totals:
-            totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1, device=features.device)
-                      for level in LEVELS}
         present, targets = {}, []
         for level in LEVELS:
             ids = masks[level].to(features.device)
@@ -199,8 +197,6 @@ def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tenso
             count = present[level].numel()
             totals[level][:, present[level]] += weights[:, start : start + count]
             start += count
-    if not totals:
-        totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1) for level in LEVELS}
     return {level: tally_votes(totals[level], config.min_weight, config.unmasked_bias) for level in LEVELS}
 
 
