@@ -5,8 +5,9 @@ view; the paper reports LERF-Mask mIoU 85.4 with GFL and 58.6 without. This harn
 the same question on the procedural demo scene, where the truth is known exactly:
 
 1. write the demo scene (exact coarse/fine instance masks) and a copy of it whose masks are
-   corrupted per view, seeded (`corrupt_instance_map`): random merges of two instances, random
-   splits of an instance along a line, ids permuted per view, borders eroded to "no mask";
+   corrupted per view, seeded (`scenes.mask_noise.corrupt_view`, --mask-noise mild by default: random
+   merges of two instances, random splits of an instance along a line, ids permuted per view,
+   borders eroded to "no mask"; strong: every failure of automatic masks, see that module);
 2. train `ns-train splatseg` on the noisy copy twice, identical but for GFL on / off
    (`--pipeline.model.gfl.weight 0`), and once on the clean masks as a reference;
 3. click every object (coarse) and part (fine) once in a prompt view, at its deepest pixel, and
@@ -39,14 +40,14 @@ import shutil
 import statistics
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from splatseg_ns.core.features import LEVELS
-from splatseg_ns.scenes.mask_noise import NoiseConfig, write_noisy_scene
+from splatseg_ns.scenes.mask_noise import NOISE_LEVELS, write_noisy_scene
 
 # ----------------------------------------------------------------------------------------------
 # Training and reading the runs
@@ -244,9 +245,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--colour-steps", type=int, default=None, help="default 600 (250 with --quick)")
     parser.add_argument("--feature-steps", type=int, default=None,
                         help="default 600 (150 with --quick); GFL runs over the last third")
-    parser.add_argument("--merge-prob", type=float, default=NoiseConfig.merge_prob)
-    parser.add_argument("--split-prob", type=float, default=NoiseConfig.split_prob)
-    parser.add_argument("--erode-px", type=int, default=NoiseConfig.erode_px)
+    parser.add_argument("--mask-noise", choices=sorted(NOISE_LEVELS), default="mild",
+                        help="the named strength of scenes.mask_noise (default mild: this benchmark's former noise)")
+    parser.add_argument("--merge-prob", type=float, default=None, help="override the strength's random-merge rate")
+    parser.add_argument("--split-prob", type=float, default=None, help="override the strength's split rate")
+    parser.add_argument("--erode-px", type=int, default=None, help="override the strength's erosion")
     parser.add_argument("--no-clean", action="store_true", help="skip the reference run on clean masks")
     parser.add_argument("--train-arg", action="append", default=[],
                         help="extra ns-train argument for every run, e.g. --train-arg=--pipeline.model.gfl.weight=5 "
@@ -262,7 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     resolution = args.resolution or (64 if args.quick else 96)
     colour_steps = args.colour_steps or (250 if args.quick else 600)
     feature_steps = args.feature_steps or (150 if args.quick else 600)
-    noise = NoiseConfig(args.merge_prob, args.split_prob, args.erode_px)
+    overrides = {"merge_prob": args.merge_prob, "split_prob": args.split_prob, "erode_px": args.erode_px}
+    noise = replace(NOISE_LEVELS[args.mask_noise], **{k: v for k, v in overrides.items() if v is not None})
     out = args.output_dir.resolve()
     out.mkdir(parents=True, exist_ok=True)
 

@@ -69,7 +69,11 @@ class DemoData:
     resolution: Optional[int] = None
     """Width and height of each square image, in pixels (default: 96 demo, 128 tabletop)."""
     seed: int = 0
-    """Random seed (0 or more): the same seed writes the same scene."""
+    """Random seed (0 or more): the same seed writes the same scene (and the same mask noise)."""
+    mask_noise: Literal["none", "mild", "strong"] = "none"
+    """Masks that fail as automatic (SAM-like) ones do, instead of exact ones: mild (random merges and splits, 1 px
+    eroded) or strong (granularity flips, merged siblings and neighbours, missing thin parts, borders off by up to
+    3 px, spurious masks; rates and sources in splatseg_ns/scenes/mask_noise.py). The amodal/ masks stay exact."""
     overwrite: bool = False
     """Write into a non-empty folder that holds something else than a scene this command wrote."""
 
@@ -91,7 +95,16 @@ class DemoData:
         defaults = {"demo": (40, 96), "tabletop": (48, 128)}[self.scene]
         views, resolution = self.num_views or defaults[0], self.resolution or defaults[1]
         write(self.output, num_views=views, resolution=resolution, seed=self.seed)
-        print(f"Wrote the {self.scene} scene ({views} views, {resolution}px) to {self.output}")
+        noise = ""
+        if self.mask_noise != "none":
+            from splatseg_ns.core.files import atomic_write_json, read_json
+            from splatseg_ns.scenes.mask_noise import corrupt_scene_masks, noise_config
+
+            corrupt_scene_masks(self.output, noise_config(self.mask_noise), self.seed)
+            scene_json = self.output / "scene.json"
+            atomic_write_json(scene_json, {**read_json(scene_json), "mask_noise": self.mask_noise})
+            noise = f", {self.mask_noise} mask noise"
+        print(f"Wrote the {self.scene} scene ({views} views, {resolution}px{noise}) to {self.output}")
         print(f"Train on it with: ns-train splatseg --data {self.output}")
 
 

@@ -250,6 +250,24 @@ def test_demo_data_may_rewrite_its_own_scene_and_overwrite_on_request(tmp_path):
     assert (other / "mine.txt").read_text() == "x" and (other / "transforms.json").exists()
 
 
+def test_demo_data_writes_noisy_masks_on_request(tmp_path):
+    from PIL import Image
+
+    exact, strong = tmp_path / "exact", tmp_path / "strong"
+    for out, noise in ((exact, "none"), (strong, "strong")):
+        code, said = run_cli(["demo-data", str(out), "--scene", "tabletop", "--num-views", "3", "--resolution", "32",
+                              "--mask-noise", noise])
+        assert code == 0, said
+    assert "strong mask noise" in said and json.loads((strong / "scene.json").read_text())["mask_noise"] == "strong"
+    views = sorted(p.name for p in (exact / "fine").glob("*.png"))
+    differ = [not np.array_equal(np.array(Image.open(exact / "fine" / v)), np.array(Image.open(strong / "fine" / v)))
+              for v in views]
+    assert any(differ)
+    for folder in ("images", "amodal/mug"):  # only the instance masks change
+        for v in views:
+            assert (exact / folder / v).read_bytes() == (strong / folder / v).read_bytes()
+
+
 def test_replacing_a_file_keeps_its_mode(tmp_path):
     from splatseg_ns.core.files import atomic_write
 
