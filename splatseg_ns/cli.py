@@ -220,7 +220,9 @@ class Export:
     invert: bool = False
     """Write the scene without the selection instead of the selection."""
     keep_weak: bool = False
-    """Keep the Gaussians that belong to the object only weakly (low similarity, floaters); dropped by default."""
+    """Keep the Gaussians that belong to the object only weakly (unsure of their label, floaters); dropped by default.
+    Either way the export says how many it kept and why it dropped the others, and writes that beside the PLY
+    (<output>.export.json)."""
     segments: bool = False
     """Write every segment: one PLY each plus segments_coloured.ply, into --output-dir."""
     output_dir: Optional[Path] = None
@@ -231,6 +233,7 @@ class Export:
     """Segments from the global candidates, or from clustering position + feature (physical distance weighted high)."""
 
     def main(self) -> None:
+        from splatseg_ns.core.export.writer import report_path
         from splatseg_ns.core.io.selection_file import read_selection
         from splatseg_ns.tools.checks import InputError, existing_file, writable_file, writable_folder
         from splatseg_ns.tools.export import export_segments, export_selection
@@ -253,9 +256,11 @@ class Export:
         selection = read_selection(self.selection)
         writable_file(self.output, "--output")
         run = TrainedRun(self.load_config)
-        count = export_selection(run, selection, self.selection, self.output, self.invert, self.keep_weak)
-        what = "the scene without the selection" if self.invert else "the selection"
-        print(f"Wrote {count} Gaussians ({what}) to {self.output}")
+        report = export_selection(run, selection, self.selection, self.output, self.invert, self.keep_weak)
+        print(report.summary())
+        if report.warning():
+            print(report.warning())
+        print(f"(this report: {report_path(self.output)})")
 
 
 @dataclass

@@ -183,6 +183,9 @@ class SplatsegViewer(nn.Module):
         self._command = export.add(ViewerText(
             "Export command", "", hint="Exports the saved selection as a PLY; select it all here and copy it."))
         self._invert = export.add(ViewerCheckbox("Invert", False, hint="Export the scene without the selection."))
+        self._keep_weak = export.add(ViewerCheckbox(
+            "Keep weak members", False, hint="Write every selected Gaussian: none dropped as unsure of its label or as "
+                                             "a floater (splatseg export --keep-weak)."))
         export.add(ViewerButton("Export PLY", cb_hook=lambda _: self._guarded(self.export_ply, self._written)))
         self._written = export.add(ViewerMarkdown("Written"))
 
@@ -524,7 +527,8 @@ class SplatsegViewer(nn.Module):
         write_selection(path, selection)
         output = path.with_name(f"{path.stem}{'_without' if self._invert.value else ''}.ply")
         command = ["splatseg", "export", "--load-config", str(config), "--selection", str(path),
-                   "--output", str(output), *(["--invert"] if self._invert.value else [])]
+                   "--output", str(output), *(["--invert"] if self._invert.value else []),
+                   *(["--keep-weak"] if self._keep_weak.value else [])]
         self._set(self._command, shlex.join(command))
         self._set(self._written, f"{path.name} ({len(selection.indices)} Gaussians), in {path.parent}")
         return path
@@ -538,10 +542,10 @@ class SplatsegViewer(nn.Module):
         selection = read_selection(path)
         output = path.with_name(f"{path.stem}{'_without' if invert else ''}.ply")
         index = self._click_index(selection.level)  # without candidates there is no similarity: weak members stay
-        written = export_selection(output, selection, path, fingerprint(model.means), model.gauss_params,
-                                   model.config.sh_degree,
-                                   similarity=None if index is None else (lambda: index.similarity),
-                                   margin=model.weak_below(selection.level), invert=invert,
-                                   run_path=path.parent / "config.yml")
-        self._set(self._written, f"{output.name} ({written} Gaussians), in {output.parent}")
+        report = export_selection(output, selection, path, fingerprint(model.means), model.gauss_params,
+                                  model.config.sh_degree,
+                                  similarity=None if index is None else (lambda: index.similarity),
+                                  margin=model.weak_below(selection.level), invert=invert,
+                                  keep_weak=bool(self._keep_weak.value), run_path=path.parent / "config.yml")
+        self._set(self._written, "  \n".join(line for line in (report.summary(), report.warning()) if line))
         return output

@@ -153,6 +153,6 @@ def test_training_clicking_viewing_and_exporting_through_gsplats_call(stand_in, 
     assert stand_in.calls and shown["rgb"].shape == (*view.size[::-1], 3)
     assert (shown["accumulation"] < run.render(view)["accumulation"] - 0.05).any()  # the rest is hidden
 
-    written = export_selection(run, selection, tmp_path / "sel.json", tmp_path / "object.ply")
+    written = export_selection(run, selection, tmp_path / "sel.json", tmp_path / "object.ply").written
     assert 0 < written <= len(selection.indices)
     assert read_gaussians_ply(tmp_path / "object.ply")["x"].shape[0] == written

@@ -173,11 +173,18 @@ def test_save_selection_is_accepted_by_export(run, tools, clicks, tmp_path):
         assert selection.fingerprint == run.fingerprint and selection.prompts["source"] == "viewer"
         command = elements(run)["Export command"].value
         assert command.startswith("splatseg export --load-config ") and str(path) in command
-        written = export_selection(run, selection, path, tmp_path / "object.ply")
-        assert 0 < written <= len(selection.indices)
+        report = export_selection(run, selection, path, tmp_path / "object.ply")
+        assert 0 < report.written <= len(selection.indices)
 
         ply = tools.export_ply()
         assert ply == path.with_suffix(".ply") and ply.stat().st_size > 0
+        said = elements(run)["Written"].value
+        assert f"kept {report.written} of {len(selection.indices)} selected" in said  # the same export as the CLI's
+        elements(run)["Keep weak members"].value = True
+        tools.export_ply()
+        assert f"kept {len(selection.indices)} of {len(selection.indices)} selected; dropped none" in \
+            elements(run)["Written"].value
+        assert "--keep-weak" in elements(run)["Export command"].value
         elements(run)["Invert"].value = True
         without = tools.export_ply()
         assert without.name == "viewer_test_selection_without.ply" and without.exists()

@@ -110,10 +110,10 @@ def score_export(run: TrainedRun, selection: Selection, amodal_dir: Path) -> Opt
     with tempfile.TemporaryDirectory(prefix="splatseg_eval_") as folder:
         source, output = Path(folder) / "selection.json", Path(folder) / "object.ply"
         try:
-            written = export_selection(run, selection, source, output)
-            ply = read_gaussians_ply(output)
+            report = export_selection(run, selection, source, output)
+            written, dropped, ply = report.written, report.dropped, read_gaussians_ply(output)
         except (SelectionError, ValueError):  # nothing to export (nothing selected, or only floaters): all missed
-            written, ply = 0, None
+            written, dropped, ply = 0, {}, None
     views = []
     for path in files:
         view = run.view(path.stem)
@@ -122,7 +122,8 @@ def score_export(run: TrainedRun, selection: Selection, amodal_dir: Path) -> Opt
         views.append({"view": view.name, "split": view.split, "precision": precision(pred, gt),
                       "recall": recall(pred, gt), "iou": iou(pred, gt)})
     keys = ("precision", "recall", "iou")
-    out = {"num_gaussians": written, **_means(views, keys), "views": views}
+    out = {"num_gaussians": written, "num_selected": len(selection.indices), "dropped": dropped,
+           **_means(views, keys), "views": views}
     for split, key in SPLITS.items():
         out[key] = _means([v for v in views if v["split"] == split], keys)
     return out

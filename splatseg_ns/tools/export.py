@@ -23,8 +23,9 @@ from splatseg_ns.trained_run import TrainedRun
 
 
 def export_selection(run: TrainedRun, selection: Selection, source: Path, output: Path, invert: bool = False,
-                     keep_weak: bool = False) -> int:
-    """Write the selected object (or the scene without it) to `output`; returns the Gaussians written."""
+                     keep_weak: bool = False) -> core_export.ExportReport:
+    """Write the selected object (or the scene without it) to `output`; returns what it kept and dropped (also
+    written beside the PLY, `core_export.report_path`)."""
     level = selection.level
     by_features = level in LEVELS  # a selection by masks has no candidate to be sure of
     return core_export.export_selection(

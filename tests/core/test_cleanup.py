@@ -29,7 +29,7 @@ def object_with_floaters(seed: int = 0):
 def test_removes_planted_floaters_and_keeps_the_bulk():
     means, kind = object_with_floaters()
     selected = kind < 3
-    kept = clean_selection(means, selected)
+    kept = clean_selection(means, selected).keep
     assert not kept[kind == 3].any(), "never adds unselected Gaussians"
     assert not kept[kind == 1].any(), "isolated floaters removed"
     assert not kept[kind == 2].any(), "small far cluster removed"
@@ -39,14 +39,14 @@ def test_removes_planted_floaters_and_keeps_the_bulk():
 def test_each_geometric_filter_alone():
     means, kind = object_with_floaters()
     selected = kind < 3
-    sor_only = clean_selection(means, selected, radius_factor=None)
+    sor_only = clean_selection(means, selected, radius_factor=None).keep
     assert not sor_only[kind == 1].any() and sor_only[kind == 0].mean() > 0.99
     # A tight cluster has small kNN distances: outlier removal alone keeps it, components do not.
     assert sor_only[kind == 2].all()
-    components_only = clean_selection(means, selected, std_ratio=None)
+    components_only = clean_selection(means, selected, std_ratio=None).keep
     assert not components_only[kind == 2].any() and not components_only[kind == 1].any()
     assert components_only[kind == 0].all()
-    untouched = clean_selection(means, selected, std_ratio=None, radius_factor=None)
+    untouched = clean_selection(means, selected, std_ratio=None, radius_factor=None).keep
     assert np.array_equal(untouched, selected)
 
 
@@ -54,11 +54,11 @@ def test_similarity_threshold():
     means, kind = object_with_floaters()
     selected = kind == 0
     similarity = np.where(np.arange(len(means)) % 10 == 0, 0.3, 0.9)
-    kept = clean_selection(means, selected, similarity, std_ratio=None, radius_factor=None)
+    kept = clean_selection(means, selected, similarity, std_ratio=None, radius_factor=None).keep
     assert np.array_equal(kept, selected & (similarity >= 0.5))
-    stricter = clean_selection(means, selected, similarity, similarity_threshold=0.95, std_ratio=None)
+    stricter = clean_selection(means, selected, similarity, similarity_threshold=0.95, std_ratio=None).keep
     assert not stricter.any()
-    ignored = clean_selection(means, selected, similarity, similarity_threshold=None, std_ratio=None)
+    ignored = clean_selection(means, selected, similarity, similarity_threshold=None, std_ratio=None).keep
     assert ignored[selected].mean() > 0.99
 
 
@@ -66,23 +66,23 @@ def test_keeps_several_large_pieces():
     # A pair of shoes: two equal, separate blobs are both the object.
     rng = np.random.default_rng(1)
     means = np.concatenate([rng.normal(size=(2000, 3)) * 0.2, rng.normal(size=(2000, 3)) * 0.2 + [3, 0, 0]])
-    kept = clean_selection(means, np.ones(len(means), bool))
+    kept = clean_selection(means, np.ones(len(means), bool)).keep
     # Both pieces stay; only the sparse tails of the normal distributions (~2%) are trimmed.
     assert kept[:2000].mean() > 0.95 and kept[2000:].mean() > 0.95
 
 
 def test_small_and_degenerate_inputs():
     means = np.zeros((5, 3))
-    assert clean_selection(means, np.ones(5, bool)).all()
-    assert not clean_selection(means, np.zeros(5, bool)).any()
+    assert clean_selection(means, np.ones(5, bool)).keep.all()
+    assert not clean_selection(means, np.zeros(5, bool)).keep.any()
     # Many duplicated positions must not collapse the radius to zero and split everything.
     rng = np.random.default_rng(2)
     dup = np.concatenate([np.zeros((600, 3)), rng.normal(size=(400, 3)) * 0.1])
-    assert clean_selection(dup, np.ones(1000, bool)).mean() > 0.95
+    assert clean_selection(dup, np.ones(1000, bool)).keep.mean() > 0.95
     # NaN positions are never kept; torch input works.
     nan = torch.from_numpy(rng.normal(size=(100, 3)))
     nan[3] = float("nan")
-    kept = clean_selection(nan, torch.ones(100, dtype=torch.bool))
+    kept = clean_selection(nan, torch.ones(100, dtype=torch.bool)).keep
     assert not kept[3] and kept.dtype == bool
 
 
@@ -95,7 +95,7 @@ def test_speed_on_a_large_selection(num_selected):
     selected[rng.choice(len(means), num_selected, replace=False)] = True
     similarity = rng.uniform(0.4, 1.0, len(means)).astype(np.float32)
     t0 = time.perf_counter()
-    kept = clean_selection(means, selected, similarity)
+    kept = clean_selection(means, selected, similarity).keep
     print(f"\nclean_selection: 1M Gaussians, {num_selected} selected, {time.perf_counter() - t0:.2f} s")
     assert kept.sum() <= selected.sum()
 
@@ -107,5 +107,5 @@ def test_an_object_of_uneven_density_stays_whole():
     dense = rng.uniform([0, 0, 0], [1, 1, 0.05], size=(6000, 3))
     sparse = rng.uniform([1, 0, 0], [2, 1, 0.05], size=(300, 3))  # same surface, 20x fewer Gaussians
     means = np.concatenate([dense, sparse])
-    kept = clean_selection(means, np.ones(len(means), bool), std_ratio=None)
+    kept = clean_selection(means, np.ones(len(means), bool), std_ratio=None).keep
     assert kept[len(dense):].mean() > 0.95, kept[len(dense):].mean()  # 0.12 with the former 4x cut

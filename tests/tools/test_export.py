@@ -55,7 +55,8 @@ def test_click_selects_one_object_and_export_writes_it(run, objects, tmp_path):
     assert loaded.indices == selection.indices and loaded.prompts["view"] == VIEW
 
     obj = tmp_path / "object.ply"
-    written = export_selection(run, loaded, path, obj)
+    report = export_selection(run, loaded, path, obj)
+    written = report.written
     ply = read_gaussians_ply(obj)
     assert list(ply) == ply_property_names(run.model.features_rest.shape[1])
     assert len(ply["x"]) == written and 0 < written <= len(selection.indices)
@@ -66,7 +67,7 @@ def test_click_selects_one_object_and_export_writes_it(run, objects, tmp_path):
     assert np.isin(exported.round(5), picked.round(5)).all()
 
     rest = tmp_path / "rest.ply"
-    kept = export_selection(run, loaded, path, rest, invert=True)
+    kept = export_selection(run, loaded, path, rest, invert=True).written
     assert kept <= run.model.num_points - len(selection.indices)
     assert kept > 0.5 * (run.model.num_points - len(selection.indices))
 

@@ -15,12 +15,24 @@ Positions only (means, not extents); scipy's cKDTree keeps 100k selected Gaussia
 
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """The members an export keeps, and how many each filter dropped."""
+
+    keep: np.ndarray
+    """bool [N]: the selected Gaussians that stay."""
+    dropped: Dict[str, int]
+    """Reason -> Gaussians dropped for it, in the filters' order: "weak" (unsure of their label), "non-finite"
+    (positions of a diverged run), "outliers" (far from their neighbours), "floaters" (pieces apart from the object)."""
 
 
 def clean_selection(
@@ -32,8 +44,8 @@ def clean_selection(
     std_ratio: Optional[float] = 3.0,
     radius_factor: Optional[float] = 8.0,
     min_component_fraction: float = 0.1,
-) -> np.ndarray:
-    """bool [N]: `selected` minus the weakly belonging Gaussians (see the module docstring).
+) -> Cleanup:
+    """`selected` minus the weakly belonging Gaussians (see the module docstring), and why each went.
 
     means [N, 3]; selected bool [N]; similarity [N] cosine to the assigned candidate, or None.
     Args (None disables a filter):
@@ -46,17 +58,22 @@ def clean_selection(
             cut before taking components (default 8.0; 4.0 cut real objects of uneven density
             into pieces: 0.09 less rendered IoU on the demo, 0.08 on the fox).
         min_component_fraction: keep components of at least this fraction of the largest.
-    Accepts numpy arrays or torch tensors; returns a numpy bool array.
+    Accepts numpy arrays or torch tensors.
     """
     means = _numpy(means).astype(np.float64, copy=False).reshape(-1, 3)
     keep = _numpy(selected).astype(bool).reshape(-1).copy()
+    dropped = {"weak": 0, "non-finite": 0, "outliers": 0, "floaters": 0}
     if similarity is not None and similarity_threshold is not None:
-        keep &= _numpy(similarity).reshape(-1) >= similarity_threshold
-    index = np.flatnonzero(keep & np.isfinite(means).all(axis=1))
+        weak = keep & (_numpy(similarity).reshape(-1) < similarity_threshold)
+        dropped["weak"] = int(weak.sum())
+        keep &= ~weak
+    finite = np.isfinite(means).all(axis=1)
+    dropped["non-finite"] = int((keep & ~finite).sum())
+    index = np.flatnonzero(keep & finite)
     keep[:] = False
     if index.size <= num_neighbours + 1:
         keep[index] = True
-        return keep
+        return Cleanup(keep, dropped)
 
     points = means[index]
     tree = cKDTree(points)
@@ -68,6 +85,7 @@ def clean_selection(
     if std_ratio is not None:
         mean_distance = distances.mean(axis=1)
         inlier &= mean_distance <= mean_distance.mean() + std_ratio * mean_distance.std()
+        dropped["outliers"] = int((~inlier).sum())
 
     if radius_factor is not None:
         # Median over positive distances: duplicated means must not shrink the radius to 0.
@@ -79,10 +97,12 @@ def clean_selection(
         graph = coo_matrix((ones, (rows, neighbours[edge])), shape=(index.size, index.size))
         _, component = connected_components(graph, directed=False)
         sizes = np.bincount(component[inlier], minlength=component.max() + 1)
-        inlier &= sizes[component] >= min_component_fraction * sizes.max()
+        in_piece = sizes[component] >= min_component_fraction * sizes.max()
+        dropped["floaters"] = int((inlier & ~in_piece).sum())
+        inlier &= in_piece
 
     keep[index[inlier]] = True
-    return keep
+    return Cleanup(keep, dropped)
 
 
 def _numpy(x) -> np.ndarray:
