@@ -45,6 +45,7 @@ from splatseg_ns.core.segment.losses import (
     feature_norm_2d_loss,
     feature_norm_3d_loss,
     knn_indices,
+    mask_interiors,
     sample_pixels,
     spatial_smoothness_loss,
     two_level_contrastive_loss,
@@ -87,6 +88,11 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     """Average the fine push over pairs of parts of one coarse mask only, not over every pair of
     different parts (Click-Gaussian's mean, in which pairs of two objects, already apart, dilute it);
     False gives Click-Gaussian's mean."""
+    mask_border_px: int = 3
+    """Pixels within this many pixels of another mask's border take part in no contrastive pair (a mask
+    thinner than that keeps its deepest pixels): automatic masks' borders are off by 1-3 px, and masks
+    bled over their neighbours pull the objects together until every feature is one (tabletop, strong
+    mask noise: every candidate merged into one; 0 gives Click-Gaussian's loss on every masked pixel)."""
     push_block: int = 1024
     """The push averages over the negative pairs within blocks of this many sampled pixels (they come in
     random order: a uniform sample of all pairs, at num-sampled-pixels x push-block cost instead of its
@@ -389,7 +395,7 @@ class SplatsegModel(SplatfactoModel):
                        {level: data[f"{level}_mask"] for level in LEVELS})
 
         centers = {level: self.levels[level].centers for level in LEVELS}
-        votes = cast_votes(views(), self.num_points, centers, self.config.coarse_feature_dim, self.config.vote)
+        votes = cast_votes(views(), self.means.detach(), centers, self.config.coarse_feature_dim, self.config.vote)
         for level in LEVELS:
             self.levels[level].vote_labels, self.levels[level].vote_share = votes[level].labels, votes[level].share
         return votes
@@ -512,6 +518,7 @@ class SplatsegModel(SplatfactoModel):
         fine = batch["fine_mask"].to(self.device)
         if coarse.shape[:2] != (H, W):  # resolution schedule: follow the render's size
             coarse, fine = (resize_nearest(m, H, W) for m in (coarse, fine))
+        coarse, fine = (mask_interiors(m, self.config.mask_border_px) for m in (coarse, fine))
         index = sample_pixels(coarse, fine, self.config.num_sampled_pixels)
         sampled = features.reshape(-1, features.shape[-1])[index]
         coarse_dim = self.config.coarse_feature_dim

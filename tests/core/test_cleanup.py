@@ -54,12 +54,33 @@ def test_similarity_threshold():
     means, kind = object_with_floaters()
     selected = kind == 0
     similarity = np.where(np.arange(len(means)) % 10 == 0, 0.3, 0.9)
-    kept = clean_selection(means, selected, similarity, std_ratio=None, radius_factor=None).keep
+    kept = clean_selection(means, selected, similarity, min_agreement=None, std_ratio=None, radius_factor=None).keep
     assert np.array_equal(kept, selected & (similarity >= 0.5))
-    stricter = clean_selection(means, selected, similarity, similarity_threshold=0.95, std_ratio=None).keep
+    stricter = clean_selection(means, selected, similarity, similarity_threshold=0.95, min_agreement=None,
+                               std_ratio=None).keep
     assert not stricter.any()
     ignored = clean_selection(means, selected, similarity, similarity_threshold=None, std_ratio=None).keep
     assert ignored[selected].mean() > 0.99
+
+
+def test_weak_members_stay_among_their_own_and_go_among_others():
+    """A thin rod of members unsure of their label (its Gaussians share their weight with what lies behind)
+    stays: its neighbours are members. The same uncertainty in a haze of members mixed into the background
+    goes: most of their neighbours are not selected."""
+    rng = np.random.default_rng(2)
+    body = rng.normal(size=(3000, 3)) * 0.2
+    rod = np.stack([np.full(300, 0.6), np.zeros(300), np.linspace(0.0, 1.5, 300)], 1) + rng.normal(size=(300, 3)) * 0.005
+    haze = rng.uniform(-1.0, 1.0, size=(200, 3)) + [0.0, 0.0, -1.5]
+    background = rng.uniform(-1.0, 1.0, size=(2000, 3)) + [0.0, 0.0, -1.5]
+    means = np.concatenate([body, rod, haze, background])
+    kind = np.repeat([0, 1, 2, 3], [3000, 300, 200, 2000])
+    selected = kind < 3
+    similarity = np.where(kind == 0, 0.9, 0.3)
+    kept = clean_selection(means, selected, similarity, std_ratio=None, radius_factor=None)
+    assert kept.keep[kind == 1].all() and kept.keep[kind == 0].all()
+    assert not kept.keep[kind == 2].any() and kept.dropped["weak"] == 200
+    strict = clean_selection(means, selected, similarity, min_agreement=None, std_ratio=None, radius_factor=None)
+    assert not strict.keep[kind == 1].any()  # one global threshold drops the thin part too
 
 
 def test_keeps_several_large_pieces():

@@ -12,13 +12,16 @@ from splatseg_ns.core.io.selection_file import Selection, fingerprint
 
 
 def scene(num_weak: int, seed: int = 0):
-    """A dense blob of 2000 sure members, `num_weak` members inside it that are unsure of their label (similarity
-    0.3), 20 selected floaters far away, and 500 unselected Gaussians around; splatfacto-like params."""
+    """A dense blob of 2000 sure members; `num_weak` members unsure of their label (similarity 0.3) in a haze
+    beside it, mixed with 4000 unselected background Gaussians; 20 selected floaters far away; 500 unselected
+    Gaussians around; splatfacto-like params."""
     rng = np.random.default_rng(seed)
-    blob = rng.normal(size=(2000 + num_weak, 3)) * 0.1
+    blob = rng.normal(size=(2000, 3)) * 0.1
+    haze = rng.uniform(-0.5, 0.5, size=(num_weak, 3)) + [1.5, 0.0, 0.0]
     floaters = rng.uniform(3.0, 6.0, size=(20, 3)) * rng.choice([-1, 1], size=(20, 3))
+    background = rng.uniform(-0.5, 0.5, size=(4000, 3)) + [1.5, 0.0, 0.0]
     rest = rng.uniform(-8, 8, size=(500, 3))
-    means = np.concatenate([blob, floaters, rest]).astype(np.float32)
+    means = np.concatenate([blob, haze, floaters, background, rest]).astype(np.float32)
     n = len(means)
     params = {"means": torch.from_numpy(means), "scales": torch.full((n, 3), -3.0), "quats": torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1),
               "opacities": torch.full((n, 1), 2.0), "features_dc": torch.zeros(n, 3), "features_rest": torch.zeros(n, 0, 3)}

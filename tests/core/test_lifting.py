@@ -110,15 +110,86 @@ def test_votes_over_views_add_up_per_level():
     second_view_fine = torch.tensor([[1, 2], [0, 3]])  # Gaussian 2 unmasked once, masked once
     views = [(render, features, {"coarse": coarse, "fine": fine}),
              (render, features, {"coarse": coarse, "fine": second_view_fine})]
-    config = VoteConfig(border_px=0, unmasked_bias=0.7)
-    votes = cast_votes(views, 4, centers, coarse_dim, config)
+    means = torch.arange(4.0)[:, None].repeat(1, 3)
+    config = VoteConfig(border_px=0, unmasked_bias=0.7, other_level_covers=False)
+    votes = cast_votes(views, means, centers, coarse_dim, config)
     assert votes["coarse"].labels.tolist() == [0, 0, 1, 1]
     assert votes["fine"].labels.tolist() == [0, 1, 2, 2]
     assert votes["fine"].share.tolist() == [1.0, 1.0, 0.5, 1.0]
     assert votes["coarse"].share.tolist() == [1.0, 1.0, 1.0, 1.0]
+    # The coarse mask covers Gaussian 2 where the fine level has no mask: a part without a mask of its own,
+    # no evidence of background, so that view casts no fine vote there.
+    covered = cast_votes(views, means, centers, coarse_dim, VoteConfig(border_px=0, unmasked_bias=0.7))
+    assert covered["fine"].labels.tolist() == [0, 1, 2, 2] and covered["fine"].share.tolist() == [1.0] * 4
+
+
+def test_a_part_half_the_views_miss_keeps_its_gaussians():
+    """A thin part (Gaussians 0-3 in a row) whose fine mask half the views miss, the object's coarse mask
+    covering it in all: with the other level covering it and neighbours smoothing the votes, it keeps its
+    label; counting the misses as background loses it where unmasked weight dominates."""
+    centers = {"coarse": torch.tensor([[1.0]]), "fine": torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])}
+    features = torch.tensor([[1.0, 1.0, 0.0]] * 4 + [[1.0, 0.0, 1.0]] * 4).reshape(2, 4, 3)
+
+    def render(values):  # 8 Gaussians, one per pixel: row 0 the thin part, row 1 the object's body
+        return values.reshape(2, 4, -1)
+
+    coarse = torch.ones(2, 4, dtype=torch.long)
+    hit, miss = torch.tensor([[1, 1, 1, 1], [2, 2, 2, 2]]), torch.tensor([[0, 0, 0, 0], [2, 2, 2, 2]])
+    partial = torch.tensor([[1, 0, 0, 1], [2, 2, 2, 2]])  # misses the middle of the part
+    views = [(render, features, {"coarse": coarse, "fine": f}) for f in (hit, miss, miss, partial, miss, hit)]
+    means = torch.tensor([[x, y, 0.0] for y in (0.0, 10.0) for x in range(4)])
+    naive = cast_votes(views, means, centers, 1, VoteConfig(border_px=0, other_level_covers=False, unmasked_bias=1.0))
+    assert naive["fine"].labels[:4].tolist() == [-1, -1, -1, -1]  # 3 or 4 of 6 views said "nothing here"
+    kept = cast_votes(views, means, centers, 1, VoteConfig(border_px=0, unmasked_bias=1.0))
+    assert kept["fine"].labels.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+
+
+def test_neighbours_smooth_a_gaussian_outvoted_by_one_view():
+    """A row of Gaussians of one part, one of which a bad view gave to the neighbouring part: smoothing over its
+    nearest neighbours gives it back, and the part's border (far from it) stays where it was."""
+    from splatseg_ns.core.segment.neighbourhood import knn_graph, smooth_votes
+
+    weights = torch.zeros(10, 3)
+    weights[:5, 0], weights[5:, 1] = 1.0, 1.0  # part 0: Gaussians 0-4; part 1: 5-9
+    weights[2] = torch.tensor([0.4, 0.6, 0.0])  # one Gaussian outvoted
+    means = torch.arange(10.0)[:, None] * torch.tensor([[1.0, 0.0, 0.0]])
+    neighbours = knn_graph(means, 2)
+    assert sorted(neighbours[2].tolist()) == [1, 3] and sorted(neighbours[0].tolist()) == [1, 2]
+    smoothed = smooth_votes(weights, neighbours, rounds=2, strength=0.5)
+    assert smoothed.argmax(dim=1).tolist() == [0] * 5 + [1] * 5
+    assert torch.allclose(smoothed.sum(dim=1), weights.sum(dim=1))  # each Gaussian keeps its own total
+    assert torch.equal(smooth_votes(weights, neighbours, rounds=0, strength=0.5), weights)
+    unseen = weights.clone()
+    unseen[7] = 0.0
+    assert smooth_votes(unseen, neighbours, 2, 0.5)[7].sum() == 0  # never seen: stays unseen
+    nan = means.clone()
+    nan[4] = float("nan")
+    assert knn_graph(nan, 2)[4].tolist() == [4, 4] and 4 not in knn_graph(nan, 2)[:4].flatten().tolist()
 
 
 def test_no_views_leave_every_gaussian_unlabelled():
     centers = {"coarse": torch.zeros(2, 1), "fine": torch.zeros(3, 3)}
-    votes = cast_votes([], 5, centers, 1, VoteConfig())
+    votes = cast_votes([], torch.zeros(5, 3), centers, 1, VoteConfig())
     assert votes["fine"].labels.tolist() == [-1] * 5
+
+
+def test_a_mask_over_two_candidates_is_cut_by_what_its_pixels_render_as():
+    """One mask over a mug (candidate 0, 6 px) and its table (candidate 1, 10 px), as a merge with the
+    touching neighbour gives: cut, each piece votes for its own candidate; a 1-px piece (feature noise at the
+    border) stays with its mask."""
+    from splatseg_ns.core.segment.lifting import mask_labels, nearest_candidates
+
+    centers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    features = torch.tensor([[1.0, 0.0]] * 6 + [[0.0, 1.0]] * 10).reshape(4, 4, 2)
+    ids = torch.ones(4, 4, dtype=torch.long)
+    owners = nearest_candidates(features, centers, 0.8)
+    assert owners.reshape(-1).tolist() == [0] * 6 + [1] * 10
+    whole = mask_labels(ids, features, centers, 0.0)
+    assert whole.unique().tolist() == [1]  # the merged mask's mean is nearest the table
+    cut = mask_labels(ids, features, centers, 0.8, cut_by=owners, min_piece=0.2)
+    assert torch.equal(cut, owners)
+    noisy = features.clone()
+    noisy[3, 3] = torch.tensor([1.0, 0.0])  # one table pixel renders as the mug
+    table = (owners == 1).long()  # a mask of the table alone (10 px)
+    kept = mask_labels(table, noisy, centers, 0.8, cut_by=nearest_candidates(noisy, centers, 0.8), min_piece=0.2)
+    assert (kept[table.bool()] == 1).all()  # 1 of 10 px is no piece of its own

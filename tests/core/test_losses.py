@@ -114,6 +114,23 @@ def test_sampler_favours_small_masks_and_skips_unmasked():
     assert (ids == 2).sum() == 50
 
 
+def test_mask_interiors_leave_out_borders_but_keep_thin_masks():
+    from splatseg_ns.core.segment.losses import mask_interiors
+
+    ids = torch.zeros(16, 16, dtype=torch.int16)
+    ids[:, :8], ids[:, 8:] = 1, 2  # two halves meeting at column 8
+    ids[4:12, 3] = 3  # a 1-px-wide part inside mask 1
+    out = mask_interiors(ids, 2)
+    assert (out[:, 6:10] == 0).all()  # two pixels either side of the 1 | 2 border
+    assert (out[:, 10:] == 2).all() and (out[0, :2] == 1).all()  # the image's edge is no border
+    assert torch.equal(out == 3, ids == 3)  # thinner than the border: keeps all it has
+    assert (out[4:12, 1:3] == 0).all() and (out[4:12, 4:6] == 0).all() and out.dtype == ids.dtype
+    assert torch.equal(mask_interiors(ids, 0), ids)
+    bled = ids.clone()
+    bled[:, 8:11] = 1  # mask 1 dilated 3 px over mask 2: those pixels are within 3 px of the border
+    assert not (mask_interiors(bled, 3)[:, 8:11] == 1).any()
+
+
 def test_sampler_with_no_masks_returns_nothing():
     empty = torch.zeros(10, 10, dtype=torch.long)
     assert sample_pixels(empty, empty, 100).numel() == 0

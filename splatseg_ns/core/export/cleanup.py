@@ -4,7 +4,11 @@ The source projects found that selecting Gaussians after training is what gives 
 but a raw selection still carries (a) Gaussians that are only nearest to the clicked candidate,
 not close to it, and (b) floaters: small groups far from the object that happen to share its
 feature. Three filters, each optional, applied in this order to the selected Gaussians only:
-1. similarity to the assigned candidate below a threshold;
+1. similarity to the assigned candidate (or vote share) below a threshold, when the Gaussian's
+   own neighbourhood disagrees too: fewer than `min_agreement` of its k nearest Gaussians (of the
+   whole scene) are selected. One global threshold cannot serve every object: a thin part's
+   Gaussians straddle its border and share their weight with what lies behind, yet sit among
+   their own; haze and bleed around an object sit among the background's or the neighbour's;
 2. statistical outlier removal (as Open3D's): mean distance to the k nearest selected
    neighbours more than `std_ratio` standard deviations above the average;
 3. connected components of the k-nearest-neighbour graph cut at `radius_factor` x the median
@@ -40,6 +44,7 @@ def clean_selection(
     selected,
     similarity=None,
     similarity_threshold: Optional[float] = 0.5,
+    min_agreement: Optional[float] = 0.5,
     num_neighbours: int = 16,
     std_ratio: Optional[float] = 3.0,
     radius_factor: Optional[float] = 8.0,
@@ -52,6 +57,8 @@ def clean_selection(
         similarity_threshold: default 0.5 = the coarse push margin tau_coarse: Click-Gaussian
             trains non-members of a candidate below it, so a member under it is ambiguous.
             Use 0.75 (tau_fine) for fine-level selections.
+        min_agreement: a member under the threshold stays when at least this share of its
+            `num_neighbours` nearest Gaussians are selected too (None: every member under it goes).
         num_neighbours: k of the kNN used by both geometric filters (default 16).
         std_ratio: outlier cut, in standard deviations of the mean kNN distance (default 3.0).
         radius_factor: kNN edges longer than this x the median nearest-neighbour distance are
@@ -63,11 +70,14 @@ def clean_selection(
     means = _numpy(means).astype(np.float64, copy=False).reshape(-1, 3)
     keep = _numpy(selected).astype(bool).reshape(-1).copy()
     dropped = {"weak": 0, "non-finite": 0, "outliers": 0, "floaters": 0}
+    finite = np.isfinite(means).all(axis=1)
     if similarity is not None and similarity_threshold is not None:
         weak = keep & (_numpy(similarity).reshape(-1) < similarity_threshold)
+        if min_agreement is not None and weak.any():
+            weak[weak & finite] &= neighbour_agreement(means, keep, np.flatnonzero(weak & finite),
+                                                       num_neighbours) < min_agreement
         dropped["weak"] = int(weak.sum())
         keep &= ~weak
-    finite = np.isfinite(means).all(axis=1)
     dropped["non-finite"] = int((keep & ~finite).sum())
     index = np.flatnonzero(keep & finite)
     keep[:] = False
@@ -103,6 +113,18 @@ def clean_selection(
 
     keep[index[inlier]] = True
     return Cleanup(keep, dropped)
+
+
+def neighbour_agreement(means: np.ndarray, selected: np.ndarray, query: np.ndarray, k: int) -> np.ndarray:
+    """[len(query)]: the share of each queried Gaussian's k nearest other Gaussians (finite ones, of the
+    whole scene) that are selected."""
+    finite = np.flatnonzero(np.isfinite(means).all(axis=1))
+    reach = min(k + 1, finite.size)
+    if reach < 2:
+        return np.zeros(query.size)
+    _, found = cKDTree(means[finite]).query(means[query], k=reach, workers=-1)
+    found = finite[np.asarray(found).reshape(query.size, reach)[:, 1:]]  # the first is the Gaussian itself
+    return selected[found].mean(axis=1)
 
 
 def _numpy(x) -> np.ndarray:

@@ -24,13 +24,14 @@ of FlashSplat's linear program is that argmax).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from splatseg_ns.core.configs import LoadsOlderConfigs
 from splatseg_ns.core.features import LEVELS, level_features
+from splatseg_ns.core.segment.neighbourhood import knn_graph, smooth_votes
 
 IGNORE = -1
 """Label of pixels that cast no vote (masks no candidate describes)."""
@@ -59,6 +60,21 @@ class VoteConfig(LoadsOlderConfigs):
     and thin parts, and such a gap is no evidence that a Gaussian there belongs to nothing (0: every
     unmasked pixel votes; on the tabletop scene 2 kept exact masks' scores and lifted noisy masks' fine
     mIoU from 0.52 to 0.89)."""
+    other_level_covers: bool = True
+    """Pixels one level leaves unmasked but the other masks cast no vote at the first ("nothing here" is false
+    there: automatic masks miss thin parts at the fine level and shrink objects to one part at the coarse)."""
+    cut_masks: bool = False
+    """Cut a mask whose pixels render as several candidates into those pieces, each voting on its own
+    (`mask_labels`' cut_by): the fine level's by objects and parts, the coarse level's by objects."""
+    min_piece: float = 0.2
+    """Share of a mask that a piece rendering as another candidate must hold to be cut off."""
+    smooth_rounds: int = 0
+    """Rounds of mixing each Gaussian's vote shares with its nearest neighbours' before the tally
+    (`neighbourhood.smooth_votes`): a thin part that some views miss keeps its Gaussians; 0: none."""
+    smooth_strength: float = 0.5
+    """Per round, the weight of the neighbours' mean share against the Gaussian's own."""
+    smooth_neighbours: int = 8
+    """Nearest Gaussians (by centre) each Gaussian's votes are mixed with."""
     min_weight: float = 1e-3
     """Total rendered weight over all training views below which a Gaussian counts as never seen."""
     weak_share: float = 0.7
@@ -103,16 +119,33 @@ def rendered_weights(render: Callable[[torch.Tensor], torch.Tensor], num_gaussia
 
 
 @torch.no_grad()
+def nearest_candidates(feature_map: torch.Tensor, centers: torch.Tensor, min_cos: float) -> torch.Tensor:
+    """[H, W] long: each pixel's nearest candidate by the cosine of its rendered feature, -1 below `min_cos`."""
+    if centers.shape[0] == 0:
+        return torch.full(feature_map.shape[:2], IGNORE, dtype=torch.long, device=feature_map.device)
+    cos = F.normalize(feature_map.float(), dim=-1) @ F.normalize(centers.float().to(feature_map.device), dim=-1).T
+    best_cos, best = cos.max(dim=-1)
+    return torch.where(best_cos >= min_cos, best, torch.full_like(best, IGNORE))
+
+
 def mask_labels(ids: torch.Tensor, feature_map: torch.Tensor, centers: torch.Tensor, min_cos: float,
-                border_px: int = 0) -> torch.Tensor:
+                border_px: int = 0, covered: Optional[torch.Tensor] = None, cut_by: Optional[torch.Tensor] = None,
+                min_piece: float = 0.2) -> torch.Tensor:
     """[H, W] long labels of one view at one level: candidate k, K for unmasked pixels, IGNORE for the
-    pixels of masks that map to no candidate and for unmasked pixels within `border_px` of a mask
-    (automatic masks leave their borders and thin parts out: a gap there is no evidence of background).
+    pixels of masks that map to no candidate, for unmasked pixels within `border_px` of a mask
+    (automatic masks leave their borders and thin parts out: a gap there is no evidence of background)
+    and for unmasked pixels that `covered` [H, W] bool marks (the other level masks them: a part with
+    no mask of its own, or an object whose mask is only one of its parts, is not background either).
 
     ids [H, W]: the view's instance map (0 = no mask); feature_map [H, W, D_level]: the rendered
     features of the level; centers [K, D_level]: the level's global candidates. Each mask takes the
     candidate its mean feature is closest to when the cosine is at least `min_cos`, by its features
     alone, so votes cast at the end of training and after loading the run are the same.
+
+    cut_by [H, W] long (-1: no opinion): what each pixel renders as (`nearest_candidates`). A mask whose
+    pixels render as several things, each holding at least `min_piece` of it, is cut into those pieces,
+    each mapped on its own (a mug merged with its table, a whole object given as a part, a mask bled
+    over its neighbour); smaller disagreeing pieces stay with their mask (feature noise at its border).
     """
     num_candidates = centers.shape[0]
     flat_ids = ids.reshape(-1).long()
@@ -123,18 +156,38 @@ def mask_labels(ids: torch.Tensor, feature_map: torch.Tensor, centers: torch.Ten
     if border_px > 0:
         near = F.max_pool2d(masked.reshape(1, 1, *ids.shape).float(), 2 * border_px + 1, 1, border_px)
         labels[near.reshape(-1).bool() & ~masked] = IGNORE
+    if covered is not None:
+        labels[covered.reshape(-1) & ~masked] = IGNORE
     mask_ids, inverse = torch.unique(flat_ids[masked], return_inverse=True)
+    if cut_by is not None:
+        inverse = _pieces(inverse, cut_by.reshape(-1)[masked].long(), min_piece)
     flat_features = feature_map.reshape(-1, feature_map.shape[-1]).float()
-    sums = torch.zeros(mask_ids.numel(), flat_features.shape[1], device=flat_features.device)
+    sums = torch.zeros(int(inverse.max()) + 1, flat_features.shape[1], device=flat_features.device)
     sums.index_add_(0, inverse, flat_features[masked])
     if num_candidates == 0:
-        mask_label = torch.full_like(mask_ids, IGNORE)
+        mask_label = torch.full((sums.shape[0],), IGNORE, dtype=torch.long, device=sums.device)
     else:
         cos = F.normalize(sums, dim=-1) @ F.normalize(centers.float().to(sums.device), dim=-1).T
         best_cos, best = cos.max(dim=-1)
         mask_label = torch.where(best_cos >= min_cos, best, torch.full_like(best, IGNORE))
     labels[masked] = mask_label[inverse]
     return labels.reshape(ids.shape)
+
+
+def _pieces(mask_index: torch.Tensor, owner: torch.Tensor, min_piece: float) -> torch.Tensor:
+    """Per masked pixel, the group it is mapped with: its mask (index < M), or the piece of its mask that
+    renders as its owner, when that piece holds at least `min_piece` of the mask and the mask has another
+    such piece or majority (index >= M)."""
+    num_masks = int(mask_index.max()) + 1
+    stride = int(owner.max().clamp_min(0)) + 2
+    key = mask_index * stride + owner + 1  # owner -1 -> 0
+    piece, piece_index, piece_size = torch.unique(key, return_inverse=True, return_counts=True)
+    of_mask, piece_owner = piece // stride, piece % stride - 1
+    mask_size = torch.bincount(mask_index, minlength=num_masks)
+    big = (piece_size >= min_piece * mask_size[of_mask]) & (piece_owner >= 0)
+    big_per_mask = torch.bincount(of_mask[big], minlength=num_masks)
+    cut = big & (big_per_mask[of_mask] >= 2)  # a mask of one big piece stays whole
+    return torch.where(cut[piece_index], num_masks + piece_index, mask_index)
 
 
 def compact(labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -172,23 +225,35 @@ Render = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tensor]]], num_gaussians: int,
+def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tensor]]], means: torch.Tensor,
                centers: Dict[str, torch.Tensor], coarse_dim: int, config: VoteConfig) -> Dict[str, Votes]:
     """Every Gaussian's label at each level from its rendered weight in every view's masks.
 
     views: per training view (render, rendered features [H, W, D], {level: instance map [h, w]});
-    centers: {level: [K_l, D_l]} the global candidates. Each view's masks map to candidates
-    (`mask_labels`) and both levels' weights come from one pass (`rendered_weights`)."""
+    means [N, 3]: the Gaussians' centres (their neighbourhoods); centers: {level: [K_l, D_l]} the
+    global candidates. Each view's masks map to candidates (`mask_labels`) and both levels' weights
+    come from one pass (`rendered_weights`); the totals are smoothed over neighbours (`smooth_votes`)."""
+    num_gaussians = means.shape[0]
     totals = {level: torch.zeros(num_gaussians, centers[level].shape[0] + 1, device=centers[level].device)
               for level in LEVELS}  # column K: unmasked pixels
     for render, features, masks in views:
-        present, targets = {}, []
+        present, targets, ids_of = {}, [], {}
         for level in LEVELS:
-            ids = masks[level].to(features.device)
-            if ids.shape != features.shape[:2]:
-                ids = resize_nearest(ids, *features.shape[:2])
+            ids_of[level] = masks[level].to(features.device)
+            if ids_of[level].shape != features.shape[:2]:
+                ids_of[level] = resize_nearest(ids_of[level], *features.shape[:2])
+        masked_anywhere = torch.stack([ids > 0 for ids in ids_of.values()]).any(dim=0)
+        owners = {level: nearest_candidates(level_features(features, level, coarse_dim), centers[level],
+                                            config.min_mask_cos) for level in LEVELS} if config.cut_masks else {}
+        for level, ids in ids_of.items():
+            cut_by = None
+            if config.cut_masks:  # a fine mask is cut by the objects and by the parts its pixels render as
+                coarse, own = owners[LEVELS[0]], owners[level]
+                cut_by = torch.where((coarse >= 0) & (own >= 0), coarse * (centers[level].shape[0] + 1) + own,
+                                     torch.full_like(own, IGNORE)) if level != LEVELS[0] else coarse
             labels = mask_labels(ids, level_features(features, level, coarse_dim), centers[level],
-                                 config.min_mask_cos, config.border_px)
+                                 config.min_mask_cos, config.border_px,
+                                 masked_anywhere if config.other_level_covers else None, cut_by, config.min_piece)
             present[level], local = compact(labels)
             targets.append(one_hot_labels(local, present[level].numel()))
         weights = rendered_weights(render, num_gaussians, torch.cat(targets, dim=-1))
@@ -197,6 +262,10 @@ def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tenso
             count = present[level].numel()
             totals[level][:, present[level]] += weights[:, start : start + count]
             start += count
+    if config.smooth_rounds > 0:
+        neighbours = knn_graph(means, config.smooth_neighbours).to(totals[LEVELS[0]].device)
+        totals = {level: smooth_votes(total, neighbours, config.smooth_rounds, config.smooth_strength)
+                  for level, total in totals.items()}
     return {level: tally_votes(totals[level], config.min_weight, config.unmasked_bias) for level in LEVELS}
 
 

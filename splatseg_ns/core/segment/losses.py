@@ -57,6 +57,36 @@ def check_finite_features(
     )
 
 
+def mask_interiors(ids: torch.Tensor, border_px: int) -> torch.Tensor:
+    """ids [H, W] with the pixels within `border_px` (chessboard) of another id set to 0 (no mask), except
+    that a mask thinner than that keeps its deepest pixels (the largest erosion that leaves it some).
+
+    Automatic masks' borders are off by 1-3 px both ways (SAM's automatic masks reach IoU > 0.9 with
+    corrected ones for 94% of masks): a border pixel's id is a guess, and a mask dilated over its
+    neighbour makes positive pairs of two objects. The image's edge is no border."""
+    if border_px <= 0:
+        return ids
+    flat = ids.long()
+    padded = flat[None, None].float()
+    kept = torch.zeros_like(flat)
+    remaining = flat > 0
+    for reach in range(int(border_px), -1, -1):
+        if reach == 0:
+            inside = torch.ones_like(remaining)
+        else:
+            window = 2 * reach + 1
+            high = F.max_pool2d(F.pad(padded, (reach,) * 4, mode="replicate"), window, 1)[0, 0]
+            low = -F.max_pool2d(F.pad(-padded, (reach,) * 4, mode="replicate"), window, 1)[0, 0]
+            inside = (high == low)
+        present = torch.unique(flat[remaining & inside])
+        take = remaining & inside & torch.isin(flat, present)
+        kept = torch.where(take, flat, kept)
+        remaining &= ~torch.isin(flat, present)
+        if not bool(remaining.any()):
+            break
+    return kept.to(ids.dtype)
+
+
 def sample_pixels(
     coarse_ids: torch.Tensor,
     fine_ids: torch.Tensor,
