@@ -93,6 +93,10 @@ class SplatsegModelConfig(LoadsOlderConfigs, SplatfactoModelConfig):
     thinner than that keeps its deepest pixels): automatic masks' borders are off by 1-3 px, and masks
     bled over their neighbours pull the objects together until every feature is one (tabletop, strong
     mask noise: every candidate merged into one; 0 gives Click-Gaussian's loss on every masked pixel)."""
+    pull_trim: float = 0.0
+    """Share of each mask's sampled pixels, those least like the mask's mean feature, that the pull leaves
+    out: a mask over two things (a mug merged with the table it stands on) does not pull the minority that
+    the other views tell apart into the majority; 0 pulls every pair (Click-Gaussian)."""
     push_block: int = 1024
     """The push averages over the negative pairs within blocks of this many sampled pixels (they come in
     random order: a uniform sample of all pairs, at num-sampled-pixels x push-block cost instead of its
@@ -532,6 +536,7 @@ class SplatsegModel(SplatfactoModel):
             negative_weight=self.config.contrastive_negative_weight,
             push_block=self.config.push_block,
             fine_push_within_objects=self.config.fine_push_within_objects,
+            pull_trim=self.config.pull_trim,
         )
         gaussians = self.seg_features
         losses["norm_2d"] = feature_norm_2d_loss(sampled, coarse_dim, weight=self.config.norm_2d_weight)

@@ -14,8 +14,8 @@ function below, in this order:
 2. sibling merges (`merge_siblings`): two touching parts of one object share a fine mask;
 3. missing thin parts (`drop_thin_parts`): a part gets no fine mask with a probability that grows
    as it gets thinner (its half-width in pixels, the largest distance from its border inside it);
-4. merges with the touching neighbour (`merge_neighbours`: the neighbour the instance shares the
-   longest border with; at the fine level the two parts along that border merge, so the levels stay
+4. merges with the touching neighbour (`merge_neighbours`: a pair of touching instances becomes one
+   mask; at the fine level the two parts along their border merge, so the levels stay
    consistent), random merges of any two instances (`merge_random`, the former noise), and splits
    (`split_instances`: a straight cut; a coarse cut cuts the object's fine masks too);
 5. borders off in both directions (`shift_borders`): each mask eroded (gaps) or dilated (bleeding
@@ -39,8 +39,8 @@ this machine), each from what the sources above describe:
   - thin parts missed with probability 0.6 at a half-width of 1 px, falling linearly to 0 at 6 px
     (SAM Sec. 7: fine structures missed; at 128 px the table legs and the lamp's pole are 1-2 px
     in half-width, so they go unmasked in about half of the views);
-  - touching-neighbour merges, 0.15 per instance, the floor excluded (a mug with the table it stands
-    on; chains make about one merged pair per view); splits, 0.15
+  - touching-neighbour merges, 0.15 per touching pair, the floor excluded (a mug with the table it
+    stands on); splits, 0.15
     per instance (specular highlights and occlusion edges cut SAM's masks);
   - borders shifted by -3..+3 px, uniform per mask: SA-1B's automatic masks reach IoU > 0.9 with
     professionally corrected ones for 94% of masks (SAM Sec. 5), and for a 20-40 px object 0.9 IoU
@@ -83,7 +83,7 @@ class NoiseConfig:
     thin_px: float = 6.0
     """Half-width (px) from which a part is never missed for being thin."""
     neighbour_merge: float = 0.0
-    """Per instance and level: probability that it merges with the touching instance it shares most border with."""
+    """Per pair of touching instances (the floor excluded): probability that they are one mask, at both levels."""
     merge_prob: float = 0.5
     """Per view and level: probability that two random instances are merged into one."""
     split_prob: float = 0.3
@@ -187,25 +187,27 @@ def drop_thin_parts(fine: np.ndarray, rng: np.random.Generator, thin_miss: float
 
 def merge_neighbours(coarse: np.ndarray, fine: np.ndarray, rng: np.random.Generator, prob: float
                      ) -> Tuple[np.ndarray, np.ndarray]:
-    """Each coarse instance, with probability `prob`, merges with the touching instance it shares the longest
-    border with; at the fine level, the two parts that share the longest border across the pair merge too.
-    The view's largest instance (the floor) takes part in none: SAM merges things of a similar scale (a mug
-    with its table), and a mask bleeding into the floor is `shift_borders`' failure."""
+    """Each pair of touching coarse instances merges with probability `prob`; at the fine level, the two parts
+    that share the longest border across the pair merge too. The view's largest instance (the floor) takes
+    part in none: SAM merges things of a similar scale (a mug with its table), and a mask bleeding into the
+    floor is `shift_borders`' failure."""
     coarse, fine = coarse.copy(), fine.copy()
     largest = _largest(coarse)
-    for obj in instance_ids(coarse).tolist():
-        if rng.random() >= prob or obj == largest or not (coarse == obj).any():
+    pairs = sorted(pair for pair in _shared_borders(coarse) if largest not in pair)
+    now = {int(i): int(i) for i in instance_ids(coarse)}  # exact id -> the id it has after earlier merges
+    for a, b in pairs:
+        if rng.random() >= prob:
             continue
-        borders = {pair: n for pair, n in _shared_borders(coarse).items() if obj in pair and largest not in pair}
-        if not borders:
+        a_now, b_now = now[a], now[b]
+        if a_now == b_now:  # already one mask through an earlier merge
             continue
-        neighbour = [x for x in max(borders, key=borders.get) if x != obj][0]
+        now = {i: a_now if j == b_now else j for i, j in now.items()}
         across = {pair: n for pair, n in _shared_borders(fine).items()
-                  if {_owner(coarse, fine, pair[0]), _owner(coarse, fine, pair[1])} == {obj, neighbour}}
+                  if {_owner(coarse, fine, pair[0]), _owner(coarse, fine, pair[1])} == {a_now, b_now}}
         if across:
-            a, b = max(across, key=across.get)
-            fine[fine == b] = a
-        coarse[coarse == neighbour] = obj
+            keep, absorbed = max(across, key=across.get)
+            fine[fine == absorbed] = keep
+        coarse[coarse == b_now] = a_now
     return coarse, fine
 
 

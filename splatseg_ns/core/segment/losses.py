@@ -118,6 +118,7 @@ def contrastive_level_loss(
     push_features: Optional[torch.Tensor] = None,
     push_block: int = 0,
     push_groups: Optional[torch.Tensor] = None,
+    pull_trim: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
     """Pull same-mask pairs together, push different-mask pairs below `margin` (cosine).
 
@@ -131,6 +132,9 @@ def contrastive_level_loss(
     push_groups: [P] ids of enclosing masks (the coarse masks, for the fine level): when given, the push
     counts only the negative pairs inside one group, so its mean is over the pairs it is there for;
     group 0 (no enclosing mask) is no group, its pixels take part in no push.
+    pull_trim: the share of each mask's samples farthest (cosine) from the mask's mean feature that take
+    part in no pull: where a mask covers two things (a mug merged with its table), the minority that the
+    other views already tell apart is not pulled into the majority.
     Returns {"pull": -mean cos over positives, "push": weight * mean 1[cos > margin] cos over negatives}.
     """
     valid = ids > 0
@@ -143,8 +147,10 @@ def contrastive_level_loss(
         return {"pull": zero, "push": zero}
     # Pull, in O(P*D) instead of O(P^2): for unit vectors, the sum of f_i.f_j over ordered pairs
     # i != j inside mask m is |sum_m f|^2 - n_m.
-    counts = torch.bincount(ids).float()
-    sums = torch.zeros(len(counts), f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, ids, f)
+    kept = _consensus(f.detach(), ids, pull_trim) if pull_trim > 0 else torch.ones_like(f[:, 0])
+    pulled = f * kept[:, None]
+    counts = torch.bincount(ids, weights=kept).to(f.dtype)
+    sums = torch.zeros(len(counts), f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, ids, pulled)
     num_positive = (counts * (counts - 1)).sum()
     pull = -((sums * sums).sum() - counts.sum()) / num_positive if num_positive > 0 else zero
     # Push needs each pair's cosine; masks (not gathers) keep a block one dense pass.
@@ -163,6 +169,20 @@ def contrastive_level_loss(
     return {"pull": pull, "push": push}
 
 
+def _consensus(unit: torch.Tensor, ids: torch.Tensor, trim: float) -> torch.Tensor:
+    """[P] float 0/1: 0 for the `trim` share of each mask's samples least like the mask's mean feature."""
+    num_masks = int(ids.max()) + 1
+    means = F.normalize(torch.zeros(num_masks, unit.shape[1], dtype=unit.dtype, device=unit.device)
+                        .index_add_(0, ids, unit), dim=-1)
+    cos = (unit * means[ids]).sum(dim=1)
+    order = torch.argsort(ids.double() * 4.0 + cos.double())  # by mask, then by cosine (cos in [-1, 1])
+    counts = torch.bincount(ids, minlength=num_masks)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.empty_like(ids)
+    rank[order] = torch.arange(ids.numel(), device=ids.device) - starts[ids[order]]
+    return (rank >= torch.floor(trim * counts[ids].float()).long()).to(unit.dtype)
+
+
 def two_level_contrastive_loss(
     features: torch.Tensor,
     coarse_ids: torch.Tensor,
@@ -173,8 +193,9 @@ def two_level_contrastive_loss(
     negative_weight: float = 0.1,
     push_block: int = 0,
     fine_push_within_objects: bool = False,
+    pull_trim: float = 0.0,
 ) -> Dict[str, torch.Tensor]:
-    """Click-Gaussian's contrastive loss at both levels on sampled pixels.
+    """Click-Gaussian's contrastive loss at both levels on sampled pixels (pull_trim: `contrastive_level_loss`).
 
     features: [P, D] with D > coarse_dim; the coarse feature is features[:, :coarse_dim] and the
     fine one all D channels. push_block: see `contrastive_level_loss`. fine_push_within_objects: the fine
@@ -182,10 +203,11 @@ def two_level_contrastive_loss(
     once the coarse push is met). Returns the four terms by name (sum them for the loss).
     """
     coarse = contrastive_level_loss(features[:, :coarse_dim], coarse_ids, margin_coarse, negative_weight,
-                                    push_block=push_block)
+                                    push_block=push_block, pull_trim=pull_trim)
     fine_push = torch.cat([features[:, :coarse_dim].detach(), features[:, coarse_dim:]], dim=-1)
     fine = contrastive_level_loss(features, fine_ids, margin_fine, negative_weight, push_features=fine_push,
-                                  push_block=push_block, push_groups=coarse_ids if fine_push_within_objects else None)
+                                  push_block=push_block, push_groups=coarse_ids if fine_push_within_objects else None,
+                                  pull_trim=pull_trim)
     return {
         "contrastive_coarse_pull": coarse["pull"],
         "contrastive_coarse_push": coarse["push"],
