@@ -114,6 +114,20 @@ def test_sampler_favours_small_masks_and_skips_unmasked():
     assert (ids == 2).sum() == 50
 
 
+def test_pull_trim_leaves_a_masks_minority_unpulled():
+    """One mask over a table (8 samples along x) and a mug (2 samples along y, unlike the rest): with a trim of
+    a quarter the mug's samples take part in no pull (their gradient is zero), the table's still do."""
+    from splatseg_ns.core.segment.losses import contrastive_level_loss
+
+    features = torch.tensor([[1.0, 0.1 * i] for i in range(8)] + [[0.0, 1.0], [0.1, 1.0]], requires_grad=True)
+    ids = torch.ones(10, dtype=torch.long)
+    contrastive_level_loss(features, ids, 0.5, 0.1, pull_trim=0.25)["pull"].backward()
+    assert features.grad[8:].abs().max() == 0 and features.grad[:8].abs().sum() > 0
+    plain = contrastive_level_loss(features, ids, 0.5, 0.1)["pull"]
+    trimmed = contrastive_level_loss(features, ids, 0.5, 0.1, pull_trim=0.25)["pull"]
+    assert trimmed < plain  # the pairs left agree better than all pairs
+
+
 def test_mask_interiors_leave_out_borders_but_keep_thin_masks():
     from splatseg_ns.core.segment.losses import mask_interiors
 
