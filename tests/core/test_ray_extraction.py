@@ -154,7 +154,8 @@ def test_a_corrupt_image_is_reported_by_name_and_the_others_are_stored(local_ray
 
 
 DRIVER = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when started in the background
 from pathlib import Path
 sys.path.insert(0, {root!r})
 from tests.core.test_ray_extraction import _counting_extractor
