@@ -2,7 +2,7 @@ r"""What the labelling that survives automatic masks costs, against the feature 
 
 Issue 21 added to the votes (`core.segment.lifting.cast_votes`) the per-pixel candidates that cut a mask
 (`nearest_candidates`, once per view and level) and, optionally, vote smoothing over each Gaussian's
-nearest neighbours (`core.segment.neighbourhood`: the kNN graph, then rounds over it); and to the export
+nearest neighbours (`core.segment.neighbourhood`: rounds over the kNN graph of `losses.knn_indices`); and to the export
 the neighbours' agreement of the weak members (`core.export.cleanup.neighbour_agreement`). Each is timed
 here at 45k Gaussians (the tabletop run) and at 1M, next to one real feature step of the model at that
 size (`benchmarks/scale/training.py`'s model and camera), scaled to the feature stage of the tabletop
@@ -65,13 +65,14 @@ def feature_step_seconds(count: int, size: int) -> float:
 def measure(count: int, labels: int, views: int, size: int, rounds: int) -> Dict[str, float]:
     from splatseg_ns.core.export.cleanup import neighbour_agreement
     from splatseg_ns.core.segment.lifting import nearest_candidates
-    from splatseg_ns.core.segment.neighbourhood import knn_graph, smooth_votes
+    from splatseg_ns.core.segment.losses import knn_indices
+    from splatseg_ns.core.segment.neighbourhood import smooth_votes
 
     means = clustered_means(count)
     weights = torch.rand(count, labels)
     out: Dict[str, float] = {"gaussians": count, "labels": labels}
-    out["knn_graph_s"] = seconds(lambda: knn_graph(means, 8), repeat=1)
-    neighbours = knn_graph(means, 8)
+    out["knn_graph_s"] = seconds(lambda: knn_indices(means, 8), repeat=1)
+    neighbours = knn_indices(means, 8)
     out["smooth_s"] = seconds(lambda: smooth_votes(weights, neighbours, rounds, 0.5), repeat=1)
     feature_map, centers = torch.randn(size, size, 24), torch.randn(labels, 24)
     out["cut_per_view_s"] = seconds(lambda: [nearest_candidates(feature_map, centers, 0.8) for _ in range(2)])

@@ -124,10 +124,9 @@ def part_tree(coarse: np.ndarray, fine: np.ndarray) -> Dict[int, List[int]]:
     """{coarse id: the fine ids whose pixels lie mostly in it}: which parts make up which object."""
     tree: Dict[int, List[int]] = {}
     for part in instance_ids(fine).tolist():
-        under = coarse[fine == part]
-        under = under[under > 0]
-        if under.size:
-            tree.setdefault(int(np.bincount(under).argmax()), []).append(part)
+        owner = _owner(coarse, fine, part)
+        if owner:
+            tree.setdefault(owner, []).append(part)
     return tree
 
 
@@ -192,7 +191,7 @@ def merge_neighbours(coarse: np.ndarray, fine: np.ndarray, rng: np.random.Genera
     part in none: SAM merges things of a similar scale (a mug with its table), and a mask bleeding into the
     floor is `shift_borders`' failure."""
     coarse, fine = coarse.copy(), fine.copy()
-    largest = _largest(coarse)
+    largest = _most_common(coarse)  # the view's largest instance
     pairs = sorted(pair for pair in _shared_borders(coarse) if largest not in pair)
     now = {int(i): int(i) for i in instance_ids(coarse)}  # exact id -> the id it has after earlier merges
     for a, b in pairs:
@@ -211,10 +210,15 @@ def merge_neighbours(coarse: np.ndarray, fine: np.ndarray, rng: np.random.Genera
     return coarse, fine
 
 
+def _most_common(ids: np.ndarray) -> int:
+    """The most frequent id > 0 among `ids`, 0 when there is none."""
+    present = ids[ids > 0]
+    return int(np.bincount(present).argmax()) if present.size else 0
+
+
 def _owner(coarse: np.ndarray, fine: np.ndarray, part: int) -> int:
-    under = coarse[fine == part]
-    under = under[under > 0]
-    return int(np.bincount(under).argmax()) if under.size else 0
+    """The coarse instance most of the fine mask `part` lies in (0: none)."""
+    return _most_common(coarse[fine == part])
 
 
 def merge_random(ids: np.ndarray, rng: np.random.Generator, prob: float) -> np.ndarray:
@@ -319,7 +323,7 @@ def corrupt_view(coarse: np.ndarray, fine: np.ndarray, noise: NoiseConfig, rng: 
         if not np.issubdtype(ids.dtype, np.integer) or ids.min(initial=0) < 0:
             raise ValueError(f"expected integer instance ids >= 0 (0 = no mask), got {level} {ids.dtype}")
     c, f = (ids.astype(np.int64) for ids in inputs)
-    background = (c == 0) | (c == _largest(c))  # before any noise: where spurious masks go
+    background = (c == 0) | (c == _most_common(c))  # before any noise: where spurious masks go
     tree = part_tree(c, f)
     c, f = flip_granularity(c, f, tree, rng, noise.whole_object_fine, noise.part_as_object)
     f = merge_siblings(f, tree, rng, noise.sibling_merge)
@@ -337,11 +341,6 @@ def corrupt_view(coarse: np.ndarray, fine: np.ndarray, noise: NoiseConfig, rng: 
             raise ValueError(f"{ids.max()} {level} instances do not fit in {source.dtype}")
         outputs.append(ids.astype(source.dtype))
     return outputs[0], outputs[1]
-
-
-def _largest(ids: np.ndarray) -> int:
-    present = ids[ids > 0]
-    return int(np.bincount(present).argmax()) if present.size else 0
 
 
 def noise_config(name: str) -> NoiseConfig:

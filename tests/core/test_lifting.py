@@ -147,13 +147,14 @@ def test_a_part_half_the_views_miss_keeps_its_gaussians():
 def test_neighbours_smooth_a_gaussian_outvoted_by_one_view():
     """A row of Gaussians of one part, one of which a bad view gave to the neighbouring part: smoothing over its
     nearest neighbours gives it back, and the part's border (far from it) stays where it was."""
-    from splatseg_ns.core.segment.neighbourhood import knn_graph, smooth_votes
+    from splatseg_ns.core.segment.losses import knn_indices
+    from splatseg_ns.core.segment.neighbourhood import smooth_votes
 
     weights = torch.zeros(10, 3)
     weights[:5, 0], weights[5:, 1] = 1.0, 1.0  # part 0: Gaussians 0-4; part 1: 5-9
     weights[2] = torch.tensor([0.4, 0.6, 0.0])  # one Gaussian outvoted
     means = torch.arange(10.0)[:, None] * torch.tensor([[1.0, 0.0, 0.0]])
-    neighbours = knn_graph(means, 2)
+    neighbours = knn_indices(means, 2)
     assert sorted(neighbours[2].tolist()) == [1, 3] and sorted(neighbours[0].tolist()) == [1, 2]
     smoothed = smooth_votes(weights, neighbours, rounds=2, strength=0.5)
     assert smoothed.argmax(dim=1).tolist() == [0] * 5 + [1] * 5
@@ -164,7 +165,7 @@ def test_neighbours_smooth_a_gaussian_outvoted_by_one_view():
     assert smooth_votes(unseen, neighbours, 2, 0.5)[7].sum() == 0  # never seen: stays unseen
     nan = means.clone()
     nan[4] = float("nan")
-    assert knn_graph(nan, 2)[4].tolist() == [4, 4] and 4 not in knn_graph(nan, 2)[:4].flatten().tolist()
+    assert knn_indices(nan, 2)[4].tolist() == [4, 4] and 4 not in knn_indices(nan, 2)[:4].flatten().tolist()
 
 
 def test_no_views_leave_every_gaussian_unlabelled():

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from splatseg_ns.core.configs import LoadsOlderConfigs
 from splatseg_ns.core.features import LEVELS, level_features
-from splatseg_ns.core.segment.neighbourhood import knn_graph, smooth_votes
+from splatseg_ns.core.segment.losses import knn_indices
+from splatseg_ns.core.segment.neighbourhood import smooth_votes
 
 IGNORE = -1
 """Label of pixels that cast no vote (masks no candidate describes)."""
@@ -120,9 +121,10 @@ def rendered_weights(render: Callable[[torch.Tensor], torch.Tensor], num_gaussia
 
 @torch.no_grad()
 def nearest_candidates(feature_map: torch.Tensor, centers: torch.Tensor, min_cos: float) -> torch.Tensor:
-    """[H, W] long: each pixel's nearest candidate by the cosine of its rendered feature, -1 below `min_cos`."""
+    """[...] long: each feature's ([..., D]: a pixel's, a mask's mean) nearest candidate by cosine, -1 below
+    `min_cos`."""
     if centers.shape[0] == 0:
-        return torch.full(feature_map.shape[:2], IGNORE, dtype=torch.long, device=feature_map.device)
+        return torch.full(feature_map.shape[:-1], IGNORE, dtype=torch.long, device=feature_map.device)
     cos = F.normalize(feature_map.float(), dim=-1) @ F.normalize(centers.float().to(feature_map.device), dim=-1).T
     best_cos, best = cos.max(dim=-1)
     return torch.where(best_cos >= min_cos, best, torch.full_like(best, IGNORE))
@@ -164,13 +166,7 @@ def mask_labels(ids: torch.Tensor, feature_map: torch.Tensor, centers: torch.Ten
     flat_features = feature_map.reshape(-1, feature_map.shape[-1]).float()
     sums = torch.zeros(int(inverse.max()) + 1, flat_features.shape[1], device=flat_features.device)
     sums.index_add_(0, inverse, flat_features[masked])
-    if num_candidates == 0:
-        mask_label = torch.full((sums.shape[0],), IGNORE, dtype=torch.long, device=sums.device)
-    else:
-        cos = F.normalize(sums, dim=-1) @ F.normalize(centers.float().to(sums.device), dim=-1).T
-        best_cos, best = cos.max(dim=-1)
-        mask_label = torch.where(best_cos >= min_cos, best, torch.full_like(best, IGNORE))
-    labels[masked] = mask_label[inverse]
+    labels[masked] = nearest_candidates(sums, centers, min_cos)[inverse]
     return labels.reshape(ids.shape)
 
 
@@ -263,7 +259,7 @@ def cast_votes(views: Iterable[Tuple[Render, torch.Tensor, Dict[str, torch.Tenso
             totals[level][:, present[level]] += weights[:, start : start + count]
             start += count
     if config.smooth_rounds > 0:
-        neighbours = knn_graph(means, config.smooth_neighbours).to(totals[LEVELS[0]].device)
+        neighbours = knn_indices(means, config.smooth_neighbours).to(totals[LEVELS[0]].device)
         totals = {level: smooth_votes(total, neighbours, config.smooth_rounds, config.smooth_strength)
                   for level, total in totals.items()}
     return {level: tally_votes(totals[level], config.min_weight, config.unmasked_bias) for level in LEVELS}

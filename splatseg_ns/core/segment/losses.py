@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,20 +72,25 @@ def mask_interiors(ids: torch.Tensor, border_px: int) -> torch.Tensor:
     kept = torch.zeros_like(flat)
     remaining = flat > 0
     for reach in range(int(border_px), -1, -1):
-        if reach == 0:
-            inside = torch.ones_like(remaining)
-        else:
-            window = 2 * reach + 1
-            high = F.max_pool2d(F.pad(padded, (reach,) * 4, mode="replicate"), window, 1)[0, 0]
-            low = -F.max_pool2d(F.pad(-padded, (reach,) * 4, mode="replicate"), window, 1)[0, 0]
-            inside = (high == low)
-        present = torch.unique(flat[remaining & inside])
-        take = remaining & inside & torch.isin(flat, present)
-        kept = torch.where(take, flat, kept)
-        remaining &= ~torch.isin(flat, present)
+        inside = remaining
+        if reach > 0:
+            inside = remaining & (_window_max(padded, reach) == -_window_max(-padded, reach))
+        has_inside = torch.zeros(int(flat.max()) + 1, dtype=torch.bool, device=flat.device)
+        has_inside[flat[inside]] = True  # the masks that keep pixels at this erosion
+        settled = has_inside[flat]
+        kept = torch.where(inside & settled, flat, kept)
+        remaining &= ~settled
         if not bool(remaining.any()):
             break
     return kept.to(ids.dtype)
+
+
+def _window_max(image: torch.Tensor, reach: int) -> torch.Tensor:
+    """[H, W]: the maximum of `image` [1, 1, H, W] over each pixel's (2 reach + 1)^2 window, the edge
+    replicated; as a row pass then a column pass (2.3x faster than one square pool at 1080p)."""
+    window = 2 * reach + 1
+    rows = F.max_pool2d(F.pad(image, (reach, reach, 0, 0), mode="replicate"), (1, window), 1)
+    return F.max_pool2d(F.pad(rows, (0, 0, reach, reach), mode="replicate"), (window, 1), 1)[0, 0]
 
 
 def sample_pixels(
@@ -255,7 +261,9 @@ def knn_indices(means: torch.Tensor, k: int = 5) -> torch.Tensor:
     it to `spatial_smoothness_loss` every step. Uses scipy's cKDTree on the CPU (scipy comes
     with hdbscan/scikit-learn; one thread: ~0.4 s for 100k points, ~5 s for 1M). Without scipy,
     exact torch.cdist in chunks of ~64M distances: quadratic (~85 s for 100k on one CPU core),
-    so only a fallback. With fewer than k + 1 Gaussians, k shrinks to N - 1.
+    so only a fallback. With fewer than k + 1 Gaussians, k shrinks to N - 1. A Gaussian with a
+    non-finite centre (a diverged run) has only itself as neighbours and is no one's neighbour; where
+    fewer than k + 1 centres are finite, the missing neighbours are the Gaussian itself.
     """
     num = means.shape[0]
     k = max(0, min(k, num - 1))
@@ -267,12 +275,17 @@ def knn_indices(means: torch.Tensor, k: int = 5) -> torch.Tensor:
         cKDTree = None
     if cKDTree is not None:
         points = means.detach().cpu().double().numpy()
-        _, index = cKDTree(points).query(points, k=k + 1)
-        index = torch.from_numpy(index).long()
-        # the point itself is normally column 0, but exact duplicates can put it later
-        own = index == torch.arange(num)[:, None]
-        own[:, -1] |= ~own.any(dim=1)  # no self among k + 1: drop the farthest instead
-        return index[~own].reshape(num, k).to(means.device)
+        rows = np.flatnonzero(np.isfinite(points).all(axis=1))
+        out = np.repeat(np.arange(num)[:, None], k, axis=1)
+        reach = min(k + 1, rows.size)
+        if reach >= 2:
+            _, index = cKDTree(points[rows]).query(points[rows], k=reach)
+            index = torch.from_numpy(np.asarray(index).reshape(rows.size, reach)).long()
+            # the point itself is normally column 0, but exact duplicates can put it later
+            own = index == torch.arange(rows.size)[:, None]
+            own[:, -1] |= ~own.any(dim=1)  # no self among k + 1: drop the farthest instead
+            out[rows, : reach - 1] = rows[index[~own].reshape(rows.size, reach - 1).numpy()]
+        return torch.from_numpy(out).to(means.device)
     out = torch.empty(num, k, dtype=torch.long, device=means.device)
     chunk_size = max(1, (1 << 26) // num)
     for start in range(0, num, chunk_size):
